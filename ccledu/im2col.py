@@ -1,0 +1,94 @@
+"""im2col / col2im: turning a convolution into one matrix product.
+
+A 2-D cross-correlation of ``x`` (N, C, H, W) with a kernel ``W`` (F, C, kh, kw) is
+
+    y[n, f, p, q] = sum_{c,i,j} W[f, c, i, j] * xpad[n, c, p*s + i, q*s + j]
+
+If every receptive field is laid out as one row of a matrix ``cols`` of shape
+(N*OH*OW, C*kh*kw), with the columns ordered (c, i, j) like ``W.reshape(F, -1)``, then
+
+    y = cols @ W.reshape(F, -1).T          # (N*OH*OW, F), reshaped to (N, F, OH, OW)
+
+``im2col`` builds ``cols`` with a loop over the kh*kw kernel taps: tap (i, j) reads one
+strided slice of the padded input for every output position at once. ``col2im`` is the same
+loop with ``+=`` (the adjoint map: overlapping receptive fields add up), which is exactly what
+the backward pass needs. Only slicing and reshapes are used, so the code runs unchanged on
+CuPy (no ``np.add.at`` scatter).
+
+Output size: OH = (H + 2*pad - kh) // stride + 1, likewise OW.
+"""
+from __future__ import annotations
+
+from .backend import get_array_module
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
+    """Spatial output size of a convolution/pooling window along one axis."""
+    out = (size + 2 * pad - kernel) // stride + 1
+    if out <= 0:
+        raise ValueError(f"window of size {kernel} (stride {stride}, padding {pad}) does not fit "
+                         f"an input of size {size}")
+    return out
+
+
+def im2col(x, kh: int, kw: int, stride: int = 1, pad: int = 0):
+    """Receptive fields of ``x`` as rows.
+
+    Parameters
+    ----------
+    x : array (N, C, H, W)
+    kh, kw : kernel height and width
+    stride, pad : stride and zero padding (same on both axes)
+
+    Returns
+    -------
+    cols : array (N*OH*OW, C*kh*kw); row n*OH*OW + p*OW + q holds the field of output (p, q)
+        of sample n, column c*kh*kw + i*kw + j holds xpad[n, c, p*stride + i, q*stride + j].
+    """
+    xp = get_array_module(x)
+    if x.ndim != 4:
+        raise ValueError(f"im2col expects x of shape (N, C, H, W), got {x.shape}")
+    N, C, H, W = x.shape
+    oh = conv_output_size(H, kh, stride, pad)
+    ow = conv_output_size(W, kw, stride, pad)
+    if pad:
+        x = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    col = xp.empty((N, C, kh, kw, oh, ow), dtype=x.dtype)
+    for i in range(kh):
+        i_end = i + stride * oh
+        for j in range(kw):
+            j_end = j + stride * ow
+            col[:, :, i, j, :, :] = x[:, :, i:i_end:stride, j:j_end:stride]
+    # (N, OH, OW, C, kh, kw) -> one row per output position
+    return col.transpose(0, 4, 5, 1, 2, 3).reshape(N * oh * ow, C * kh * kw)
+
+
+def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):
+    """Adjoint of :func:`im2col`: scatter-add rows back onto an image.
+
+    Parameters
+    ----------
+    cols : array (N*OH*OW, C*kh*kw), laid out as :func:`im2col` returns
+    x_shape : (N, C, H, W) of the image that ``im2col`` was applied to
+
+    Returns
+    -------
+    x : array (N, C, H, W) with x[n, c, h, w] = sum of every entry of ``cols`` that
+        ``im2col`` copied from position (h, w) (zero-padding entries are dropped).
+
+    It satisfies <im2col(x), cols> = <x, col2im(cols)> for all x, cols.
+    """
+    xp = get_array_module(cols)
+    N, C, H, W = x_shape
+    oh = conv_output_size(H, kh, stride, pad)
+    ow = conv_output_size(W, kw, stride, pad)
+    col = cols.reshape(N, oh, ow, C, kh, kw).transpose(0, 3, 4, 5, 1, 2)
+    img = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
+    for i in range(kh):
+        i_end = i + stride * oh
+        for j in range(kw):
+            j_end = j + stride * ow
+            img[:, :, i:i_end:stride, j:j_end:stride] += col[:, :, i, j, :, :]
+    if pad:
+        return img[:, :, pad:H + pad, pad:W + pad]
+    return img

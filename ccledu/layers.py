@@ -1,0 +1,422 @@
+"""Layers with an explicit forward and backward pass.
+
+The contract (the same for every layer):
+
+* ``y = layer.forward(x)`` computes the output and caches what the backward pass needs;
+* ``dx = layer.backward(dy)`` takes dL/dy, stores dL/dW, dL/db in ``layer.grads`` (parametric
+  layers) and returns dL/dx.
+
+A layer does not know which learning rule trains it. The only hook a rule gets is the
+``weight=`` argument of :meth:`Linear.backward` / :meth:`Conv2d.backward`: the matrix the
+error crosses on its way down (default: the layer's own weight, i.e. backprop; feedback
+alignment passes its fixed random matrix), and ``need_dx=False`` to skip dL/dx when nothing
+below needs it.
+
+Parameters use PyTorch's layout: a linear weight is (out, in), a conv weight is
+(out, in, kh, kw), a bias is (out,). Initialisation also follows PyTorch's default:
+U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, drawn on the host.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backend import asarray, get_array_module, rng as make_rng
+from .im2col import col2im, conv_output_size, im2col
+
+
+def uniform_init(shape, fan_in: int, generator: np.random.Generator, dtype, scale: float = 1.0):
+    """Host-drawn U(-b, b) with b = scale/sqrt(fan_in), moved to the current back-end."""
+    bound = scale / math.sqrt(fan_in)
+    return asarray(generator.uniform(-bound, bound, size=shape), dtype=dtype)
+
+
+class Layer:
+    """Base class: ``params`` and ``grads`` are dicts of arrays keyed 'weight' / 'bias'."""
+
+    def __init__(self):
+        self.params: dict = {}
+        self.grads: dict = {}
+
+    def forward(self, x):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def backward(self, dy):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def spec(self) -> dict:
+        """A JSON-able description (used by the trace format)."""
+        return {"kind": type(self).__name__.lower()}
+
+    def clear_cache(self):
+        for k in [k for k in vars(self) if k.startswith("_c_")]:
+            setattr(self, k, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Parametric layers
+# --------------------------------------------------------------------------------------------
+
+class Linear(Layer):
+    """Affine map ``y = x Wᵀ + b``.
+
+    Shapes: x (N, in), W (out, in), b (out,), y (N, out).
+
+    Backward, for upstream gradient dy = dL/dy (N, out):
+        dW = dyᵀ x            (out, in)
+        db = Σ_n dy[n]        (out,)
+        dx = dy M             (N, in), with M = W for backprop or the ``weight`` passed in.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, *,
+                 seed=0, dtype="float32", init_scale: float = 1.0):
+        super().__init__()
+        g = make_rng(seed)
+        self.in_features, self.out_features, self.has_bias = in_features, out_features, bias
+        self.params["weight"] = uniform_init((out_features, in_features), in_features, g, dtype,
+                                             init_scale)
+        if bias:
+            self.params["bias"] = uniform_init((out_features,), in_features, g, dtype, init_scale)
+        self._c_x = None
+
+    def output_shape(self, in_shape):
+        if tuple(in_shape) != (self.in_features,):
+            raise ValueError(f"Linear({self.in_features}->{self.out_features}) cannot take "
+                             f"inputs of shape {tuple(in_shape)}")
+        return (self.out_features,)
+
+    def forward(self, x):
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"Linear({self.in_features}->{self.out_features}) expects input "
+                             f"(N, {self.in_features}), got {tuple(x.shape)}")
+        self._c_x = x
+        y = x @ self.params["weight"].T
+        if self.has_bias:
+            y = y + self.params["bias"]
+        return y
+
+    def backward(self, dy, weight=None, need_dx: bool = True):
+        x = self._c_x
+        if x is None:
+            raise RuntimeError("Linear.backward called before forward")
+        self.grads["weight"] = dy.T @ x
+        if self.has_bias:
+            self.grads["bias"] = dy.sum(axis=0)
+        if not need_dx:
+            return None
+        M = self.params["weight"] if weight is None else weight
+        return dy @ M
+
+    def spec(self):
+        return {"kind": "linear", "in": self.in_features, "out": self.out_features,
+                "bias": self.has_bias}
+
+
+class Conv2d(Layer):
+    """2-D cross-correlation computed as one matrix product over im2col columns.
+
+    Shapes: x (N, C, H, W), W (F, C, kh, kw), b (F,), y (N, F, OH, OW),
+    OH = (H + 2p - kh)//s + 1.
+
+    Forward:  cols = im2col(x) (N·OH·OW, C·kh·kw);  Y = cols W_matᵀ (+ b), W_mat = W.reshape(F, -1).
+    Backward, with dY (N·OH·OW, F) the upstream gradient in row layout:
+        dW_mat = dYᵀ cols,   db = Σ_rows dY,   dx = col2im(dY M_mat)
+    where M = W for backprop or the ``weight`` passed in (a fixed kernel for feedback alignment):
+    the last line is the "transposed convolution" of the backward pass.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
+                 stride: int = 1, padding: int = 0, bias: bool = False, *, seed=0,
+                 dtype="float32", init_scale: float = 1.0):
+        super().__init__()
+        g = make_rng(seed)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding, self.has_bias = kernel_size, stride, padding, bias
+        fan_in = in_channels * kernel_size * kernel_size
+        shape = (out_channels, in_channels, kernel_size, kernel_size)
+        self.params["weight"] = uniform_init(shape, fan_in, g, dtype, init_scale)
+        if bias:
+            self.params["bias"] = uniform_init((out_channels,), fan_in, g, dtype, init_scale)
+        self._c_cols = None
+        self._c_xshape = None
+
+    def output_shape(self, in_shape):
+        """(C, H, W) -> (F, OH, OW)."""
+        _, H, W = in_shape
+        k, s, p = self.kernel_size, self.stride, self.padding
+        return (self.out_channels, conv_output_size(H, k, s, p), conv_output_size(W, k, s, p))
+
+    def forward(self, x):
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"Conv2d({self.in_channels}->{self.out_channels}) expects input "
+                             f"(N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        N = x.shape[0]
+        k, s, p = self.kernel_size, self.stride, self.padding
+        _, oh, ow = self.output_shape(x.shape[1:])
+        cols = im2col(x, k, k, s, p)
+        self._c_cols, self._c_xshape = cols, x.shape
+        W = self.params["weight"].reshape(self.out_channels, -1)
+        y = cols @ W.T
+        if self.has_bias:
+            y = y + self.params["bias"]
+        return y.reshape(N, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
+
+    def backward(self, dy, weight=None, need_dx: bool = True):
+        cols = self._c_cols
+        if cols is None:
+            raise RuntimeError("Conv2d.backward called before forward")
+        F = self.out_channels
+        dY = dy.transpose(0, 2, 3, 1).reshape(-1, F)
+        self.grads["weight"] = (dY.T @ cols).reshape(self.params["weight"].shape)
+        if self.has_bias:
+            self.grads["bias"] = dY.sum(axis=0)
+        if not need_dx:
+            return None
+        M = self.params["weight"] if weight is None else weight
+        dcols = dY @ M.reshape(F, -1)
+        k = self.kernel_size
+        return col2im(dcols, self._c_xshape, k, k, self.stride, self.padding)
+
+    def spec(self):
+        return {"kind": "conv2d", "in": self.in_channels, "out": self.out_channels,
+                "kernel": self.kernel_size, "stride": self.stride, "padding": self.padding,
+                "bias": self.has_bias}
+
+
+# --------------------------------------------------------------------------------------------
+# Shape layers
+# --------------------------------------------------------------------------------------------
+
+class MaxPool2d(Layer):
+    """Max pooling over non-overlapping k×k windows (stride = k; a remainder row/column is dropped,
+    as PyTorch's floor mode does).
+
+    Shapes: x (N, C, H, W) -> y (N, C, H//k, W//k).
+    Backward: each window's gradient goes to the one position that held the maximum (the first
+    one in row-major order on ties), zeros elsewhere.
+    """
+
+    def __init__(self, kernel_size: int = 2):
+        super().__init__()
+        self.k = kernel_size
+        self._c_arg = None
+        self._c_xshape = None
+
+    def output_shape(self, in_shape):
+        C, H, W = in_shape
+        return (C, H // self.k, W // self.k)
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        N, C, H, W = x.shape
+        k = self.k
+        oh, ow = H // k, W // k
+        if oh == 0 or ow == 0:
+            raise ValueError(f"MaxPool2d({k}) cannot pool an input of spatial size {H}x{W}")
+        xw = x[:, :, :oh * k, :ow * k].reshape(N, C, oh, k, ow, k)
+        xw = xw.transpose(0, 1, 2, 4, 3, 5).reshape(N, C, oh, ow, k * k)
+        arg = xp.argmax(xw, axis=-1)
+        self._c_arg, self._c_xshape = arg, x.shape
+        return xp.take_along_axis(xw, arg[..., None], axis=-1)[..., 0]
+
+    def backward(self, dy):
+        xp = get_array_module(dy)
+        N, C, H, W = self._c_xshape
+        k = self.k
+        oh, ow = H // k, W // k
+        mask = self._c_arg[..., None] == xp.arange(k * k)
+        dw = (mask * dy[..., None]).reshape(N, C, oh, ow, k, k).transpose(0, 1, 2, 4, 3, 5)
+        dw = dw.reshape(N, C, oh * k, ow * k)
+        if oh * k == H and ow * k == W:
+            return dw
+        dx = xp.zeros(self._c_xshape, dtype=dy.dtype)
+        dx[:, :, :oh * k, :ow * k] = dw
+        return dx
+
+    def spec(self):
+        return {"kind": "maxpool2d", "kernel": self.k}
+
+
+class Upsample2d(Layer):
+    """Nearest-neighbour upsampling by an integer factor s.
+
+    Shapes: x (N, C, H, W) -> y (N, C, s·H, s·W), y[n, c, h, w] = x[n, c, h//s, w//s].
+    Backward: dx[n, c, i, j] = Σ of dy over the s×s block that copied x[n, c, i, j].
+    """
+
+    def __init__(self, scale: int = 2):
+        super().__init__()
+        self.s = scale
+
+    def output_shape(self, in_shape):
+        C, H, W = in_shape
+        return (C, H * self.s, W * self.s)
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        N, C, H, W = x.shape
+        s = self.s
+        y = xp.broadcast_to(x[:, :, :, None, :, None], (N, C, H, s, W, s))
+        return y.reshape(N, C, H * s, W * s)
+
+    def backward(self, dy):
+        N, C, Hs, Ws = dy.shape
+        s = self.s
+        return dy.reshape(N, C, Hs // s, s, Ws // s, s).sum(axis=(3, 5))
+
+    def spec(self):
+        return {"kind": "upsample2d", "scale": self.s}
+
+
+class Flatten(Layer):
+    """(N, C, H, W) -> (N, C·H·W); backward reshapes back."""
+
+    def __init__(self):
+        super().__init__()
+        self._c_shape = None
+
+    def output_shape(self, in_shape):
+        return (int(np.prod(in_shape)),)
+
+    def forward(self, x):
+        self._c_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self._c_shape)
+
+
+class Reshape(Layer):
+    """(N, *in_shape) -> (N, *shape); backward reshapes back."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = tuple(shape)
+        self._c_shape = None
+
+    def output_shape(self, in_shape):
+        return self.shape
+
+    def forward(self, x):
+        self._c_shape = x.shape
+        return x.reshape((x.shape[0],) + self.shape)
+
+    def backward(self, dy):
+        return dy.reshape(self._c_shape)
+
+    def spec(self):
+        return {"kind": "reshape", "shape": list(self.shape)}
+
+
+# --------------------------------------------------------------------------------------------
+# Activations
+# --------------------------------------------------------------------------------------------
+
+def _relu(xp, z):
+    return xp.maximum(z, 0)
+
+
+def _relu_grad(xp, z, a):
+    return (z > 0).astype(z.dtype)
+
+
+def _elu(xp, z):
+    # α = 1; expm1 is evaluated on min(z, 0) so large positive z never overflows
+    return xp.where(z > 0, z, xp.expm1(xp.minimum(z, 0)))
+
+
+def _elu_grad(xp, z, a):
+    return xp.where(z > 0, 1, a + 1).astype(z.dtype)
+
+
+def _tanh(xp, z):
+    return xp.tanh(z)
+
+
+def _tanh_grad(xp, z, a):
+    return 1 - a * a
+
+
+LEAKY_SLOPE = 0.01
+
+
+def _leaky(xp, z):
+    return xp.where(z > 0, z, LEAKY_SLOPE * z)
+
+
+def _leaky_grad(xp, z, a):
+    return xp.where(z > 0, 1, LEAKY_SLOPE).astype(z.dtype)
+
+
+def _sigmoid(xp, z):
+    # split by sign so exp never overflows
+    e = xp.exp(-xp.abs(z))
+    return xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _sigmoid_grad(xp, z, a):
+    return a * (1 - a)
+
+
+def _identity(xp, z):
+    return z
+
+
+def _identity_grad(xp, z, a):
+    return xp.ones_like(z)
+
+
+#: name -> (σ(z), σ'(z) given z and a = σ(z)). ELU uses α = 1, leaky ReLU slope 0.01 (PyTorch's defaults).
+ACTIVATIONS = {
+    "relu": (_relu, _relu_grad),
+    "elu": (_elu, _elu_grad),
+    "tanh": (_tanh, _tanh_grad),
+    "leaky_relu": (_leaky, _leaky_grad),
+    "sigmoid": (_sigmoid, _sigmoid_grad),
+    "identity": (_identity, _identity_grad),
+}
+
+
+def check_activation(name: str) -> str:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+    return name
+
+
+def activate(name: str, z):
+    """σ(z) for the activation called ``name``."""
+    return ACTIVATIONS[check_activation(name)][0](get_array_module(z), z)
+
+
+def activation_grad(name: str, z, a):
+    """σ'(z), given z and a = σ(z) (the cheaper of the two is used)."""
+    return ACTIVATIONS[check_activation(name)][1](get_array_module(z), z, a)
+
+
+class Activation(Layer):
+    """Element-wise a = σ(z). Backward: dz = da ⊙ σ'(z). Any shape."""
+
+    def __init__(self, name: str = "elu"):
+        super().__init__()
+        self.name = check_activation(name)
+        self._c_z = self._c_a = None
+
+    def output_shape(self, in_shape):
+        return tuple(in_shape)
+
+    def forward(self, z):
+        a = activate(self.name, z)
+        self._c_z, self._c_a = z, a
+        return a
+
+    def backward(self, da):
+        if self.name == "identity":
+            return da
+        return da * activation_grad(self.name, self._c_z, self._c_a)
+
+    def spec(self):
+        return {"kind": "activation", "name": self.name}

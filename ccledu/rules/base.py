@@ -1,0 +1,79 @@
+"""What every learning rule provides.
+
+A learning rule changes only the credit-assignment step: given the model and a batch it
+returns a gradient for every trainable parameter. Everything else (the layers, the optimiser,
+the training loop) is shared.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..backend import get_array_module
+from ..losses import cross_entropy
+
+
+@dataclass
+class StepResult:
+    """One step's output.
+
+    loss:   0-d array (on the model's device): the objective the rule minimised.
+    grads:  name -> array for every trainable parameter (``forward.<l>.weight`` ...,
+            and rule-owned ones such as ``feedback.<l>.weight``), PyTorch layout.
+    terms:  name -> 0-d array, the loss broken down (e.g. per layer), for plots and traces.
+    logits: (N, C) forward output, when the rule computed one.
+    """
+    loss: object
+    grads: dict
+    terms: dict = field(default_factory=dict)
+    logits: object = None
+
+
+class Rule:
+    """Base class. Subclasses implement :meth:`step`.
+
+    ``setup(model, seed)`` is called once before training: it draws any fixed or trainable
+    matrices the rule owns (on the host, from ``seed``) for that model.
+    """
+    name = "base"
+
+    def setup(self, model, seed=0):
+        self.model_spec = model.spec()
+        return self
+
+    # -- parameters the rule owns ------------------------------------------------------------
+    def parameters(self) -> dict:
+        """Trainable parameters owned by the rule (CCL's feedback weights), name -> array."""
+        return {}
+
+    def buffers(self) -> dict:
+        """Fixed, never-trained arrays owned by the rule (FA/DFA feedback), name -> array."""
+        return {}
+
+    def param_groups(self, model) -> dict:
+        """Optimiser groups: 'forward' always, 'feedback' when the rule trains its own weights."""
+        groups = {"forward": model.parameters()}
+        own = self.parameters()
+        if own:
+            groups["feedback"] = own
+        return groups
+
+    # -- the learning step -------------------------------------------------------------------
+    def step(self, model, x, y) -> StepResult:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    # -- evaluation --------------------------------------------------------------------------
+    def predict(self, model, x):
+        """Scores (N, C) whose arg-max is the prediction (logits for most rules)."""
+        return model.forward(x)
+
+    def evaluate(self, model, x, y):
+        """(sum of per-sample loss, number correct) on a batch; loss = cross-entropy of logits."""
+        logits = self.predict(model, x)
+        loss = cross_entropy(logits, y, grad=False)
+        xp = get_array_module(logits)
+        correct = xp.sum(logits.argmax(axis=1) == y)
+        return loss * x.shape[0], correct
+
+    def config(self) -> dict:
+        """Settings that define the rule (recorded in metrics.json and traces)."""
+        return {"rule": self.name}
