@@ -35,6 +35,16 @@ class Rule:
     matrices the rule owns (on the host, from ``seed``) for that model.
     """
     name = "base"
+    #: constructor options the CLI exposes as flags: name -> (type, default, help)
+    OPTIONS: dict = {}
+    #: named training-config overrides (``--preset NAME``)
+    PRESETS: dict = {}
+
+    @classmethod
+    def defaults(cls, kind: str, data: str) -> dict:
+        """Training-config overrides for this rule on a model of ``kind`` ('mlp'|'cnn') and
+        dataset ``data``. The base rule keeps the project defaults."""
+        return {}
 
     def setup(self, model, seed=0):
         self.model_spec = model.spec()
@@ -73,6 +83,10 @@ class Rule:
         xp = get_array_module(logits)
         correct = xp.sum(logits.argmax(axis=1) == y)
         return loss * x.shape[0], correct
+
+    def diagnostics(self, model, x, y) -> dict:
+        """Per-epoch extras (alignment angles, goodness, ...) computed on a held-out batch."""
+        return {}
 
     def config(self) -> dict:
         """Settings that define the rule (recorded in metrics.json and traces)."""
