@@ -469,7 +469,7 @@ def write_cifar_archive(path, kind: str, train_images, train_labels, test_images
             raise ValueError(f"images must have shape (N, 3, 32, 32), got {images.shape}")
         labels = [int(v) for v in np.asarray(labels).reshape(-1)]
         d = {b"batch_label": label.encode(),
-             b"data": images.reshape(len(images), -1),
+             b"data": images.reshape(len(images), 3 * 32 * 32),
              b"filenames": [f"img_{i:05d}.png".encode() for i in range(len(images))]}
         if info.name == "cifar10":
             d[b"labels"] = labels
@@ -669,10 +669,8 @@ def cifar_augment(pad: int = 4, flip: bool = True, fill=0.0) -> Callable:
         n, c, h, w = xb.shape
         if pad:
             padded = xp.empty((n, c, h + 2 * pad, w + 2 * pad), dtype=xb.dtype)
-            padded[...] = xp.asarray(np.broadcast_to(np.asarray(fill, dtype=np.float64)
-                                                     .reshape(1, -1, 1, 1)
-                                                     if np.ndim(fill) else fill,
-                                                     (1, c, 1, 1)), dtype=xb.dtype)
+            fill_c = np.broadcast_to(np.asarray(fill, dtype=np.float64).reshape(-1), (c,))
+            padded[...] = xp.asarray(fill_c.reshape(1, c, 1, 1), dtype=xb.dtype)
             padded[:, :, pad:pad + h, pad:pad + w] = xb
         else:
             padded = xb

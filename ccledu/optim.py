@@ -1,0 +1,232 @@
+"""SGD with the extras the public CCL configs use, matching PyTorch's semantics step for step.
+
+One :class:`Optimizer` holds several :class:`ParamGroup` s (CCL: the forward weights and the
+feedback weights), each with its own learning rate, momentum, weight decay, clipping norm and
+gradient-centralization switch. :meth:`Optimizer.step` applies, in this order (the order of the
+public CCL training loop):
+
+1. **Warm-up.** At global step t (0-based) with t < ``warmup``, every gradient is multiplied by
+   (t + 1)/warmup. This equals scaling the loss by that factor before back-propagation.
+2. **Gradient centralization** (groups with ``centralize=True``). For every gradient g with
+   more than one dimension (weights, not biases):
+   g ← g − mean(g over all dims but the first), i.e. each output unit's gradient row has zero
+   mean.
+3. **Clipping per group** (groups with ``clip > 0``), as ``torch.nn.utils.clip_grad_norm_``:
+   ‖g‖ = sqrt(Σ_p ‖g_p‖²) over the group's gradients, coef = clip / (‖g‖ + 1e-6), and when
+   coef < 1 every gradient of the group is multiplied by coef. Each group is clipped on its own.
+4. **SGD** (``torch.optim.SGD``, dampening 0, no Nesterov), for each parameter p:
+   g ← g + λ p (weight decay λ);
+   with momentum μ > 0: b ← g on the group's first update of p, else b ← μ b + g; then g ← b;
+   p ← p − η g.
+
+:meth:`Optimizer.end_epoch` advances the cosine schedule (``torch.optim.lr_scheduler.
+CosineAnnealingLR`` stepped once per epoch): after e epochs
+η_e = η_min + (η_0 − η_min) · (1 + cos(π e / T_max)) / 2, for every group, when
+``cosine_tmax > 0``.
+
+Parameters are updated **in place** (``p -= ...``), so the layers that own the arrays see the new
+values. The caller's gradient arrays are never modified. Works on NumPy and CuPy arrays alike.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .backend import get_array_module, to_numpy
+
+__all__ = ["ParamGroup", "Optimizer", "cosine_lr"]
+
+
+@dataclass
+class ParamGroup:
+    """A set of parameters sharing one set of hyper-parameters.
+
+    ``params``: {name: array}, the arrays themselves (updated in place). ``lr`` η, ``momentum``
+    μ, ``weight_decay`` λ, ``clip`` (max global L2 norm of the group's gradient; 0 = off),
+    ``centralize`` (gradient centralization of every gradient with ndim > 1).
+    """
+    name: str
+    params: dict
+    lr: float
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    clip: float = 0.0
+    centralize: bool = False
+    initial_lr: float = field(init=False)
+
+    def __post_init__(self):
+        for key in ("lr", "momentum", "weight_decay", "clip"):
+            value = getattr(self, key)
+            if not (isinstance(value, (int, float, np.floating, np.integer)) and value >= 0
+                    and math.isfinite(value)):
+                raise ValueError(f"parameter group {self.name!r}: {key} must be a finite "
+                                 f"number >= 0, got {value!r}")
+        if not isinstance(self.params, dict):
+            raise TypeError(f"parameter group {self.name!r}: params must be a dict "
+                            f"{{name: array}}, got {type(self.params).__name__}")
+        self.initial_lr = float(self.lr)
+
+
+def cosine_lr(lr0: float, epoch: int, t_max: int, eta_min: float = 0.0) -> float:
+    """η_e = η_min + (η_0 − η_min)(1 + cos(π e / T_max)) / 2 (closed form of CosineAnnealingLR)."""
+    return eta_min + (lr0 - eta_min) * (1.0 + math.cos(math.pi * epoch / t_max)) / 2.0
+
+
+class Optimizer:
+    """Multi-group SGD with warm-up, gradient centralization, per-group clipping and a cosine
+    schedule (see the module docstring for the exact order and equations).
+
+    Parameters
+    ----------
+    groups : list of ParamGroup (names of groups and of parameters must be unique).
+    warmup : number of warm-up steps (0 = none).
+    cosine_tmax : T_max of the per-epoch cosine schedule (0 = constant learning rate).
+    eta_min : the schedule's floor η_min.
+    """
+
+    def __init__(self, groups, warmup: int = 0, cosine_tmax: int = 0, eta_min: float = 0.0):
+        groups = list(groups)
+        if not groups:
+            raise ValueError("Optimizer needs at least one ParamGroup")
+        if warmup < 0 or cosine_tmax < 0:
+            raise ValueError(f"warmup and cosine_tmax must be >= 0, got {warmup}, {cosine_tmax}")
+        self.groups = groups
+        self.warmup = int(warmup)
+        self.cosine_tmax = int(cosine_tmax)
+        self.eta_min = float(eta_min)
+        self.step_count = 0
+        self.epoch = 0
+        self.momentum_buffers: dict = {}
+        self._owner: dict[str, ParamGroup] = {}
+        seen_groups = set()
+        for g in groups:
+            if g.name in seen_groups:
+                raise ValueError(f"two parameter groups are called {g.name!r}; names must differ")
+            seen_groups.add(g.name)
+            for pname in g.params:
+                if pname in self._owner:
+                    raise ValueError(f"parameter {pname!r} is in groups "
+                                     f"{self._owner[pname].name!r} and {g.name!r}; put it in one")
+                self._owner[pname] = g
+
+    # -- schedule ---------------------------------------------------------------------------
+    @property
+    def lrs(self) -> dict:
+        """{group name: current learning rate}."""
+        return {g.name: g.lr for g in self.groups}
+
+    def warmup_factor(self, step: int | None = None) -> float:
+        """(t + 1)/warmup for t < warmup, else 1 (t = the given or the current global step)."""
+        t = self.step_count if step is None else step
+        return (t + 1) / self.warmup if t < self.warmup else 1.0
+
+    def end_epoch(self) -> dict:
+        """Count one finished epoch and, with ``cosine_tmax > 0``, set every group's lr to
+        η_min + (η_0 − η_min)(1 + cos(π e / T_max))/2. Returns {group: lr}."""
+        self.epoch += 1
+        if self.cosine_tmax > 0:
+            for g in self.groups:
+                g.lr = cosine_lr(g.initial_lr, self.epoch, self.cosine_tmax, self.eta_min)
+        return self.lrs
+
+    # -- the update -------------------------------------------------------------------------
+    def step(self, grads: dict) -> dict:
+        """Apply one update from ``grads`` ({parameter name: gradient}, same shapes as the
+        parameters). Parameters without a gradient (absent or None) are left alone, as PyTorch
+        does with ``p.grad is None``.
+
+        Returns {group name: {"grad_norm": ‖g‖ before clipping (after warm-up scaling and
+        centralization), "clip_coef": factor applied (1.0 when not clipped), "lr": η used,
+        "warmup_factor": warm-up factor}}. The norms are Python floats (one device sync per
+        group on CuPy).
+        """
+        unknown = [k for k in grads if k not in self._owner]
+        if unknown:
+            raise KeyError(f"gradients for unknown parameters {unknown}: no ParamGroup holds "
+                           f"them (known: {sorted(self._owner)}). Add them to a group or drop "
+                           f"them from the gradient dict.")
+        factor = self.warmup_factor()
+        info = {}
+        for group in self.groups:
+            # (1) copy + warm-up scaling; the caller's arrays are never touched.
+            work = {}
+            for pname, p in group.params.items():
+                g = grads.get(pname)
+                if g is None:
+                    continue
+                if tuple(g.shape) != tuple(p.shape):
+                    raise ValueError(f"gradient {pname!r} has shape {tuple(g.shape)} but the "
+                                     f"parameter has shape {tuple(p.shape)}")
+                xp = get_array_module(p, g)
+                g = xp.array(g, dtype=p.dtype, copy=True)
+                if factor != 1.0:
+                    g *= factor
+                # (2) gradient centralization
+                if group.centralize and g.ndim > 1:
+                    g -= g.mean(axis=tuple(range(1, g.ndim)), keepdims=True)
+                work[pname] = g
+            # (3) per-group clipping
+            norm = 0.0
+            coef = 1.0
+            if work:
+                sq = None
+                for g in work.values():
+                    s = (g * g).sum()
+                    sq = s if sq is None else sq + s
+                norm = math.sqrt(float(sq))          # one host sync per group
+                if group.clip > 0:
+                    c = group.clip / (norm + 1e-6)
+                    if c < 1.0:
+                        coef = c
+                        for g in work.values():
+                            g *= coef
+            # (4) SGD with momentum and weight decay
+            for pname, g in work.items():
+                p = group.params[pname]
+                if group.weight_decay:
+                    g += group.weight_decay * p
+                if group.momentum:
+                    buf = self.momentum_buffers.get(pname)
+                    if buf is None:
+                        buf = g.copy()
+                        self.momentum_buffers[pname] = buf
+                    else:
+                        buf *= group.momentum
+                        buf += g
+                    g = buf
+                p -= group.lr * g
+            info[group.name] = {"grad_norm": norm, "clip_coef": coef, "lr": group.lr,
+                                "warmup_factor": factor}
+        self.step_count += 1
+        return info
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Step and epoch counters, learning rates and momentum buffers (as NumPy arrays)."""
+        return {"step": self.step_count, "epoch": self.epoch,
+                "lrs": self.lrs, "initial_lrs": {g.name: g.initial_lr for g in self.groups},
+                "momentum": {k: np.array(to_numpy(v)) for k, v in self.momentum_buffers.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` saved; buffers move to each parameter's back-end."""
+        by_name = {g.name: g for g in self.groups}
+        for key in ("lrs", "initial_lrs"):
+            missing = set(state.get(key, {})) - set(by_name)
+            if missing:
+                raise KeyError(f"state_dict has groups {sorted(missing)} this optimizer lacks "
+                               f"(it has {sorted(by_name)})")
+        self.step_count = int(state["step"])
+        self.epoch = int(state["epoch"])
+        for name, lr in state.get("lrs", {}).items():
+            by_name[name].lr = float(lr)
+        for name, lr in state.get("initial_lrs", {}).items():
+            by_name[name].initial_lr = float(lr)
+        self.momentum_buffers = {}
+        for pname, buf in state.get("momentum", {}).items():
+            if pname not in self._owner:
+                raise KeyError(f"state_dict has a momentum buffer for unknown parameter {pname!r}")
+            p = self._owner[pname].params[pname]
+            xp = get_array_module(p)
+            self.momentum_buffers[pname] = xp.array(buf, dtype=p.dtype)
