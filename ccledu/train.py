@@ -97,7 +97,10 @@ class TrainConfig:
 
 def resolve(config: TrainConfig) -> TrainConfig:
     """Fill every ``None`` field from the rule's presets/defaults and the project's defaults."""
+    from .data import _lookup
+
     cls = rule_class(config.rule)
+    config = dataclasses.replace(config, data=_lookup(config.data).name)  # validates the name
     kind = parse_spec(config.model, config.data)[0]
     merged = dict(BASE_DEFAULTS)
     merged.update(cls.defaults(kind, config.data) if hasattr(cls, "defaults") else {})
@@ -135,7 +138,7 @@ def load_splits(config: TrainConfig, input_shape):
     from . import data as D
 
     ds = D.load_dataset(config.data, root=config.data_root)
-    data_shape = tuple(ds.info["shape"]) if isinstance(ds.info, dict) else tuple(ds.train_x.shape[1:])
+    data_shape = tuple(ds.info.input_shape)
     flatten = len(input_shape) == 1
     pad_to = None
     if not flatten:
@@ -237,7 +240,7 @@ def fit(model, rule, optimizer, train, val, *, epochs: int, batch_size: int, see
         bar = None
         if progress and tqdm is not None:
             bar = tqdm(total=steps_per_epoch, desc=f"{desc}epoch {epoch}/{epochs}", leave=False,
-                       unit="step")
+                       unit="step", disable=None)  # None: off when stderr is not a terminal
         losses, pending, term_sums, n_steps = [], [], {}, 0
         _sync(xp)
         t0 = time.perf_counter()

@@ -1,0 +1,162 @@
+"""Every layer's backward against central finite differences (float64), and im2col against
+direct convolution loops and scipy."""
+import numpy as np
+import pytest
+import scipy.signal
+
+from ccledu.backend import to_numpy
+from ccledu.im2col import col2im, im2col
+from ccledu.layers import (ACTIVATIONS, Activation, Conv2d, Flatten, Linear, MaxPool2d, Reshape,
+                           Upsample2d)
+from ccledu.testing import compare, grad_rel_error as rel_error, numerical_vjp
+
+TOL = 1e-6
+
+
+def check_layer(layer, x, rng, params=True):
+    """dx and every dW/db of ``layer`` equal finite differences of <forward(x), dy>."""
+    y = layer.forward(x)
+    dy = rng.standard_normal(y.shape)
+    dx = layer.backward(dy)
+    num_dx = numerical_vjp(lambda: layer.forward(x), x, dy)
+    assert rel_error(dx, num_dx) < TOL, f"{type(layer).__name__} dx: rel error {rel_error(dx, num_dx):.2e}"
+    if params:
+        for name, p in layer.params.items():
+            num = numerical_vjp(lambda: layer.forward(x), p, dy)
+            err = rel_error(layer.grads[name], num)
+            assert err < TOL, f"{type(layer).__name__} d{name}: rel error {err:.2e}"
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_backward(rng, bias):
+    layer = Linear(7, 5, bias=bias, seed=1, dtype="float64")
+    check_layer(layer, rng.standard_normal((4, 7)), rng)
+
+
+@pytest.mark.parametrize("shape,cout,k,stride,pad,bias", [
+    ((2, 3, 7, 7), 4, 3, 1, 1, False),
+    ((2, 3, 8, 8), 4, 3, 2, 1, True),
+    ((1, 2, 9, 7), 3, 3, 2, 0, False),
+    ((2, 1, 6, 6), 2, 5, 1, 2, True),
+    ((1, 2, 5, 5), 3, 1, 1, 0, False),
+])
+def test_conv_backward(rng, shape, cout, k, stride, pad, bias):
+    layer = Conv2d(shape[1], cout, k, stride, pad, bias=bias, seed=2, dtype="float64")
+    check_layer(layer, rng.standard_normal(shape), rng)
+
+
+@pytest.mark.parametrize("shape,k", [((2, 3, 4, 6), 2), ((1, 2, 5, 7), 2), ((2, 1, 6, 6), 3)])
+def test_maxpool_backward(rng, shape, k):
+    # distinct values, so the maximum is unique and finite differences are well defined
+    x = rng.permutation(np.prod(shape)).reshape(shape).astype(np.float64) / 10
+    check_layer(MaxPool2d(k), x, rng, params=False)
+
+
+def test_maxpool_ties_route_to_one_position():
+    x = np.zeros((1, 1, 2, 2))
+    pool = MaxPool2d(2)
+    pool.forward(x)
+    dx = pool.backward(np.ones((1, 1, 1, 1)))
+    assert dx.sum() == 1.0 and dx[0, 0, 0, 0] == 1.0
+
+
+@pytest.mark.parametrize("s", [2, 3])
+def test_upsample_backward(rng, s):
+    check_layer(Upsample2d(s), rng.standard_normal((2, 3, 3, 4)), rng, params=False)
+    y = Upsample2d(s).forward(np.arange(4.0).reshape(1, 1, 2, 2))
+    assert y.shape == (1, 1, 2 * s, 2 * s) and y[0, 0, s, 0] == 2.0
+
+
+def test_flatten_and_reshape_backward(rng):
+    check_layer(Flatten(), rng.standard_normal((2, 3, 2, 2)), rng, params=False)
+    check_layer(Reshape((3, 2, 2)), rng.standard_normal((2, 12)), rng, params=False)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activation_backward(rng, name):
+    # keep away from the kinks of relu / leaky relu / elu at 0
+    x = rng.standard_normal((3, 5))
+    x = np.where(np.abs(x) < 0.05, 0.3, x)
+    check_layer(Activation(name), x, rng, params=False)
+
+
+def test_activation_values():
+    z = np.array([-2.0, -0.5, 0.0, 0.5, 2.0])
+    act = lambda n: Activation(n).forward(z)  # noqa: E731
+    np.testing.assert_allclose(act("relu"), np.maximum(z, 0))
+    np.testing.assert_allclose(act("elu"), np.where(z > 0, z, np.exp(z) - 1))
+    np.testing.assert_allclose(act("sigmoid"), 1 / (1 + np.exp(-z)))
+    np.testing.assert_allclose(act("leaky_relu"), np.where(z > 0, z, 0.01 * z))
+    assert np.all(np.isfinite(Activation("sigmoid").forward(np.array([-1000.0, 1000.0]))))
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        Activation("swish")
+
+
+def direct_conv(x, W, stride, pad):
+    """Reference: the convolution sum written as loops over output positions."""
+    N, C, H, Wd = x.shape
+    F, _, kh, kw = W.shape
+    xp_ = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    oh = (H + 2 * pad - kh) // stride + 1
+    ow = (Wd + 2 * pad - kw) // stride + 1
+    y = np.zeros((N, F, oh, ow))
+    for p in range(oh):
+        for q in range(ow):
+            patch = xp_[:, :, p * stride:p * stride + kh, q * stride:q * stride + kw]
+            y[:, :, p, q] = np.einsum("nchw,fchw->nf", patch, W)
+    return y
+
+
+@pytest.mark.parametrize("stride,pad", [(1, 0), (1, 1), (2, 1), (3, 2)])
+def test_conv_equals_direct_loop_and_scipy(rng, stride, pad):
+    x = rng.standard_normal((2, 3, 9, 8))
+    layer = Conv2d(3, 4, 3, stride, pad, seed=0, dtype="float64")
+    y = layer.forward(x)
+    compare("conv vs direct loop", y, direct_conv(x, layer.params["weight"], stride, pad), rtol=1e-10, atol=1e-12)
+    # scipy: full cross-correlation per (n, f), summed over channels, then strided
+    W = layer.params["weight"]
+    xpad = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    ref = np.stack([np.stack([sum(scipy.signal.correlate(xpad[n, c], W[f, c], mode="valid")
+                                  for c in range(3)) for f in range(4)]) for n in range(2)])
+    compare("conv vs scipy", y, ref[:, :, ::stride, ::stride], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,k,stride,pad", [((2, 3, 7, 6), 3, 1, 1), ((1, 2, 8, 8), 3, 2, 1),
+                                                 ((2, 2, 5, 9), 2, 2, 0), ((1, 1, 6, 6), 4, 1, 3)])
+def test_col2im_is_adjoint_of_im2col(rng, shape, k, stride, pad):
+    x = rng.standard_normal(shape)
+    cols = im2col(x, k, k, stride, pad)
+    c = rng.standard_normal(cols.shape)
+    lhs = np.sum(cols * c)
+    rhs = np.sum(x * col2im(c, shape, k, k, stride, pad))
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+
+
+def test_shape_errors_are_clear():
+    with pytest.raises(ValueError, match=r"expects input \(N, 7\)"):
+        Linear(7, 3).forward(np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match="expects input"):
+        Conv2d(3, 4, 3).forward(np.zeros((2, 1, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="does not fit"):
+        im2col(np.zeros((1, 1, 2, 2)), 3, 3)
+
+
+def test_layers_on_backend(xp, rng):
+    """The same computation on the back-end under test equals NumPy's (CuPy where available)."""
+    x = rng.standard_normal((2, 3, 8, 8))
+    dy = rng.standard_normal((2, 4, 4, 4))
+    ref = Conv2d(3, 4, 3, 2, 1, bias=True, seed=5, dtype="float64")
+    mine = Conv2d(3, 4, 3, 2, 1, bias=True, seed=5, dtype="float64")  # drawn on host, moved to xp
+    assert type(mine.params["weight"]).__module__.split(".")[0] == xp.__name__
+    y_ref, y = ref.forward(x), mine.forward(xp.asarray(x))
+    dx_ref, dx = ref.backward(dy), mine.backward(xp.asarray(dy))
+    compare("conv forward", to_numpy(y), y_ref, rtol=1e-12, atol=1e-12)
+    compare("conv dx", to_numpy(dx), dx_ref, rtol=1e-12, atol=1e-12)
+    compare("conv dW", to_numpy(mine.grads["weight"]), ref.grads["weight"], rtol=1e-12, atol=1e-12)
+    pool, pool_ref = MaxPool2d(2), MaxPool2d(2)
+    a = rng.standard_normal((2, 3, 6, 6))
+    compare("pool", to_numpy(pool.forward(xp.asarray(a))), pool_ref.forward(a))
+    g = rng.standard_normal((2, 3, 3, 3))
+    compare("pool backward", to_numpy(pool.backward(xp.asarray(g))), pool_ref.backward(g))
+    up = Upsample2d(2)
+    compare("upsample", to_numpy(up.forward(xp.asarray(a))), Upsample2d(2).forward(a))

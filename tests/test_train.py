@@ -1,0 +1,65 @@
+"""The trainer and the command line, trained for real on the embedded MNIST."""
+import json
+
+import numpy as np
+import pytest
+
+from ccledu.cli import main
+from ccledu.train import DivergenceError, TrainConfig, resolve, run
+
+
+def test_resolve_layers_defaults():
+    c = resolve(TrainConfig(rule="bp", model="mlp", data="mnist"))
+    assert (c.batch_size, c.lr_forward, c.clip_forward, c.epochs) == (256, 1.0, 1.0, 100)
+    c = resolve(TrainConfig(rule="bp", batch_size=64, lr_forward=0.1))
+    assert (c.batch_size, c.lr_forward) == (64, 0.1)
+    with pytest.raises(ValueError, match="unknown training settings"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+def test_short_run_is_repeatable_and_writes_metrics(tmp_path):
+    cfg = dict(rule="bp", model="mlp:784-32-10", data="mnist", epochs=2, seed=3, limit_train=2000,
+               limit_test=500, batch_size=100, lr_forward=0.5)
+    a = run(TrainConfig(**cfg, out=str(tmp_path)), progress=False)
+    b = run(TrainConfig(**cfg), progress=False)
+    assert a["history"][-1]["train_loss"] == b["history"][-1]["train_loss"]
+    assert a["test_accuracy"] == b["test_accuracy"]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert 0 <= m["test_accuracy"] <= 1 and m["config"]["seed"] == 3
+    assert len(m["history"]) == 2
+    for key in ("train_loss", "val_loss", "val_accuracy", "train_seconds"):
+        assert key in m["history"][0]
+    assert m["history"][1]["train_loss"] < m["history"][0]["train_loss"]
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_divergence_names_epoch_and_step():
+    with pytest.raises(DivergenceError, match=r"epoch 1, step \d+.*smaller learning rate"):
+        run(TrainConfig(rule="bp", model="mlp:784-64-10", data="mnist", epochs=1, limit_train=1000,
+                        lr_forward=1e30, clip_forward=0.0), progress=False)
+
+
+def test_cli_errors_are_one_line(capsys):
+    assert main(["train", "--model", "mlp:1-2", "--data", "mnist", "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ccledu: error:") and "784" in err
+    assert main(["train", "--data", "svhn", "--epochs", "1", "--quiet"]) == 2
+    assert "svhn" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_bp_mlp_mnist_two_epochs(tmp_path, capsys):
+    """The issue's acceptance run: BP, paper MLP, 2 epochs, seed 0 -> >= 95 % test accuracy."""
+    code = main(["train", "--rule", "bp", "--model", "mlp", "--data", "mnist", "--epochs", "2",
+                 "--seed", "0", "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["test_accuracy"] >= 0.95, m["test_accuracy"]
+
+
+@pytest.mark.slow
+def test_bp_cnn_learns_on_mnist_subset():
+    m = run(TrainConfig(rule="bp", model="cnn:1x28x28-c8-c16-10", data="mnist", epochs=2,
+                        limit_train=6000, limit_test=2000, batch_size=64, lr_forward=0.1,
+                        momentum_forward=0.9, seed=0), progress=False)
+    assert m["test_accuracy"] > 0.90, m["test_accuracy"]
