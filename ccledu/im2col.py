@@ -54,11 +54,13 @@ def im2col(x, kh: int, kw: int, stride: int = 1, pad: int = 0):
     if pad:
         x = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     col = xp.empty((N, C, kh, kw, oh, ow), dtype=x.dtype)
+    ### BEGIN SOLUTION  Task 2.3: im2col tap loop
     for i in range(kh):
         i_end = i + stride * oh
         for j in range(kw):
             j_end = j + stride * ow
             col[:, :, i, j, :, :] = x[:, :, i:i_end:stride, j:j_end:stride]
+    ### END SOLUTION
     # (N, OH, OW, C, kh, kw) -> one row per output position
     return col.transpose(0, 4, 5, 1, 2, 3).reshape(N * oh * ow, C * kh * kw)
 
@@ -84,11 +86,13 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):
     ow = conv_output_size(W, kw, stride, pad)
     col = cols.reshape(N, oh, ow, C, kh, kw).transpose(0, 3, 4, 5, 1, 2)
     img = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
+    ### BEGIN SOLUTION  Task 2.4: col2im tap loop
     for i in range(kh):
         i_end = i + stride * oh
         for j in range(kw):
             j_end = j + stride * ow
             img[:, :, i:i_end:stride, j:j_end:stride] += col[:, :, i, j, :, :]
+    ### END SOLUTION
     if pad:
         return img[:, :, pad:H + pad, pad:W + pad]
     return img

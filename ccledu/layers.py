@@ -103,6 +103,7 @@ class Linear(Layer):
         x = self._c_x
         if x is None:
             raise RuntimeError("Linear.backward called before forward")
+        ### BEGIN SOLUTION  Task 1.3: Linear.backward (dW, db, dx)
         self.grads["weight"] = dy.T @ x
         if self.has_bias:
             self.grads["bias"] = dy.sum(axis=0)
@@ -110,6 +111,7 @@ class Linear(Layer):
             return None
         M = self.params["weight"] if weight is None else weight
         return dy @ M
+        ### END SOLUTION
 
     def spec(self):
         return {"kind": "linear", "in": self.in_features, "out": self.out_features,
@@ -228,6 +230,7 @@ class MaxPool2d(Layer):
         N, C, H, W = self._c_xshape
         k = self.k
         oh, ow = H // k, W // k
+        ### BEGIN SOLUTION  Task 2.5: MaxPool2d.backward
         mask = self._c_arg[..., None] == xp.arange(k * k)
         dw = (mask * dy[..., None]).reshape(N, C, oh, ow, k, k).transpose(0, 1, 2, 4, 3, 5)
         dw = dw.reshape(N, C, oh * k, ow * k)
@@ -236,6 +239,7 @@ class MaxPool2d(Layer):
         dx = xp.zeros(self._c_xshape, dtype=dy.dtype)
         dx[:, :, :oh * k, :ow * k] = dw
         return dx
+        ### END SOLUTION
 
     def spec(self):
         return {"kind": "maxpool2d", "kernel": self.k}
@@ -330,7 +334,9 @@ def _elu(xp, z):
 
 
 def _elu_grad(xp, z, a):
+    ### BEGIN SOLUTION  Task 1.4: ELU derivative
     return xp.where(z > 0, 1, a + 1).astype(z.dtype)
+    ### END SOLUTION
 
 
 def _tanh(xp, z):
