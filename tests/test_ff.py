@@ -116,6 +116,40 @@ def test_negative_labels_are_wrong_uniform_and_reproducible():
     assert np.any(third.negatives(y, 10) != neg)
 
 
+def test_hard_negatives_follow_the_probabilities_and_are_never_true():
+    model, rule, _, _ = _setup(MLP_SPEC)
+    r = np.random.default_rng(3)
+    y = r.integers(0, 10, size=5000)
+    probs = r.dirichlet(np.ones(10), size=5000)
+    probs[np.arange(5000), y] = 0.9            # most mass on the true label: must be skipped
+    neg = rule.negatives(y, 10, probs)
+    assert np.all(neg != y) and np.all((neg >= 0) & (neg < 10))
+    # all the wrong mass on one class -> always that class
+    only = np.zeros((5000, 10))
+    only[np.arange(5000), (y + 3) % 10] = 1.0
+    only[np.arange(5000), y] = 1.0
+    np.testing.assert_array_equal(rule.negatives(y, 10, only), (y + 3) % 10)
+    # no wrong mass at all -> uniform over the wrong labels
+    true_only = np.eye(10)[y]
+    neg = rule.negatives(y, 10, true_only)
+    assert np.all(neg != y) and len(np.unique(neg)) == 10
+    # reproducible
+    a = FF(negatives="hard").setup(model, seed=5)
+    b = FF(negatives="hard").setup(model, seed=5)
+    np.testing.assert_array_equal(a.negatives(y, 10, probs), b.negatives(y, 10, probs))
+
+
+def test_hard_negative_step_is_reproducible():
+    a_model, _, x, y = _setup(MLP_SPEC)
+    b_model, _, _, _ = _setup(MLP_SPEC)
+    a = FF(negatives="hard").setup(a_model, seed=2)
+    b = FF(negatives="hard").setup(b_model, seed=2)
+    for _ in range(2):
+        ra, rb = a.step(a_model, x, y), b.step(b_model, x, y)
+        for k in ra.grads:
+            np.testing.assert_array_equal(ra.grads[k], rb.grads[k])
+
+
 def test_same_seed_same_gradients():
     a_model, a_rule, x, y = _setup(CNN_SPEC)
     b_model, b_rule, _, _ = _setup(CNN_SPEC)
@@ -200,6 +234,19 @@ def test_registry_options_presets_and_config():
         FF(goodness="max")
     with pytest.raises(ValueError):
         FF(predict="vote")
+    with pytest.raises(ValueError):
+        FF(negatives="random")
+
+
+def test_trainer_resolves_the_presets():
+    train = pytest.importorskip("ccledu.train")
+    cfg = train.resolve(train.TrainConfig(rule="ff", preset="cpu", model="mlp"))
+    assert cfg.model == "mlp:784-500-500-10" and cfg.activation == "relu"
+    assert cfg.clip_forward == 0.0 and cfg.diagnostics
+    assert cfg.rule_options["goodness"] == "sum"
+    cfg = train.resolve(train.TrainConfig(rule="ff", preset="paper", model="mlp"))
+    assert cfg.model == "mlp:784-2000-2000-2000-2000-10" and cfg.epochs == 60
+    assert cfg.rule_options["ff_layers"] == "skip_first"
 
 
 # --------------------------------------------------------------------------------------------

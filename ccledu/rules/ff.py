@@ -75,23 +75,25 @@ EPS = 1e-8
 #: MNIST within 15 minutes on a 2-core machine; "paper": Hinton's 4 × 2000 ReLU, 60 epochs (GPU).
 PRESETS = {
     "cpu": {
-        "model": "mlp:784-500-500-10", "data": "mnist", "activation": "relu", "epochs": 30,
-        "batch_size": 100, "lr_forward": 0.3, "momentum_forward": 0.9,
-        "weight_decay_forward": 0.0, "clip_forward": 0.0, "warmup": 0,
+        "model": "mlp:784-500-500-10", "activation": "relu", "epochs": 8,
+        "batch_size": 200, "lr_forward": 2.0, "momentum_forward": 0.9,
+        "weight_decay_forward": 0.0, "clip_forward": 0.0, "warmup": 0, "cosine_tmax": 8,
+        "eta_min": 0.0, "diagnostics": True,
         "rule_options": {"theta": 2.0, "goodness": "sum", "predict": "goodness",
-                         "ff_layers": "all"},
+                         "ff_layers": "all", "negatives": "uniform"},
     },
     "paper": {
-        "model": "mlp:784-2000-2000-2000-2000-10", "data": "mnist", "activation": "relu",
-        "epochs": 60, "batch_size": 100, "lr_forward": 0.3, "momentum_forward": 0.9,
-        "weight_decay_forward": 0.0, "clip_forward": 0.0, "warmup": 0,
+        "model": "mlp:784-2000-2000-2000-2000-10", "activation": "relu", "epochs": 60,
+        "batch_size": 200, "lr_forward": 2.0, "momentum_forward": 0.9,
+        "weight_decay_forward": 0.0, "clip_forward": 0.0, "warmup": 0, "cosine_tmax": 60,
+        "eta_min": 0.0, "diagnostics": True,
         "rule_options": {"theta": 2.0, "goodness": "sum", "predict": "goodness",
-                         "ff_layers": "skip_first"},
+                         "ff_layers": "skip_first", "negatives": "uniform"},
     },
 }
 
-_OPTIMISER_KEYS = ("batch_size", "lr_forward", "momentum_forward", "weight_decay_forward",
-                   "clip_forward", "warmup")
+_DEFAULT_KEYS = ("activation", "batch_size", "lr_forward", "momentum_forward",
+                 "weight_decay_forward", "clip_forward", "warmup", "diagnostics")
 
 
 def softplus(t):
@@ -135,17 +137,22 @@ class FF(Rule):
                                   "'all' or 'skip_first'"),
         "label_value": (float, 0.0, "value written for the label in the overlay; <= 0 means "
                                     "each sample's own maximum input value"),
+        "negatives": (str, "uniform", "wrong labels drawn 'uniform'ly, or 'hard': in proportion "
+                                      "to the softmax head's probabilities"),
     }
     PRESETS = PRESETS
 
     def __init__(self, theta: float = 2.0, goodness: str = "sum", predict: str = "goodness",
-                 ff_layers: str = "all", label_value: float = 0.0):
+                 ff_layers: str = "all", label_value: float = 0.0, negatives: str = "uniform"):
         if goodness not in ("sum", "mean"):
             raise ValueError(f"goodness must be 'sum' or 'mean', got {goodness!r}")
         if predict not in ("goodness", "softmax"):
             raise ValueError(f"predict must be 'goodness' or 'softmax', got {predict!r}")
         if ff_layers not in ("all", "skip_first"):
             raise ValueError(f"ff_layers must be 'all' or 'skip_first', got {ff_layers!r}")
+        if negatives not in ("uniform", "hard"):
+            raise ValueError(f"negatives must be 'uniform' or 'hard', got {negatives!r}")
+        self.negative_mode = negatives
         self.theta = float(theta)
         self.goodness = goodness
         self.predict_mode = predict
@@ -158,9 +165,10 @@ class FF(Rule):
     # -- configuration -----------------------------------------------------------------------
     @classmethod
     def defaults(cls, kind: str, data: str | None = None) -> dict:
-        """Training-config overrides: SGD with momentum 0.9, lr 0.3, batch 100, no clipping
-        (the step size that suits the logistic goodness loss on length-normalised inputs)."""
-        return {k: PRESETS["cpu"][k] for k in _OPTIMISER_KEYS}
+        """Training-config overrides: ReLU, SGD lr 2 with momentum 0.9, batch 200, no clipping,
+        no warm-up, diagnostics on (per-block goodness and accuracy every epoch). Epochs and
+        the cosine schedule come from a preset (``preset="cpu"`` / ``"paper"``) or the caller."""
+        return {k: PRESETS["cpu"][k] for k in _DEFAULT_KEYS}
 
     def config(self) -> dict:
         return {
@@ -177,7 +185,8 @@ class FF(Rule):
                         "(CNN) replaced by the one-hot times "
                         + (f"{self.label_value}" if self.label_value > 0
                            else "the sample's max input value") + "; off entries 0"),
-            "negatives": "uniform over the C-1 wrong labels",
+            "negatives": ("uniform over the C-1 wrong labels" if self.negative_mode == "uniform"
+                          else "hard: drawn in proportion to the head's softmax, true label excluded"),
             "head": "last block: cross-entropy on the normalised last hidden output, neutral label",
             "eval_loss": "expected FF loss over negatives (summed over hidden blocks) + head CE",
         }
@@ -203,18 +212,35 @@ class FF(Rule):
             return list(range(1, n))
         return list(range(n))
 
-    def negatives(self, y, num_classes=None):
-        """Wrong labels, uniform over the other C − 1 classes, from the rule's host generator.
+    def negatives(self, y, num_classes=None, probs=None):
+        """Wrong labels from the rule's host generator, as an int64 array on y's device.
 
-        Returns an int64 array on y's device. y_neg = (y + k) mod C with k ~ U{1, …, C−1}."""
+        Uniform (``probs`` None): y_neg = (y + k) mod C with k ~ U{1, …, C−1}.
+        Hard (``probs`` (N, C) given, e.g. the head's softmax): P(y_neg = c) ∝ probs[n, c] for
+        c ≠ y_n (uniform over the wrong labels when they all have probability 0)."""
         if self._rng is None:
             self._rng = make_rng([0, 0xFF])
         C = int(num_classes or self._C)
         if C < 2:
             raise ValueError("negative labels need at least 2 classes")
         yh = to_numpy(y).astype(np.int64)
-        k = self._rng.integers(1, C, size=yh.shape)
-        return _on_device((yh + k) % C, y, dtype=np.int64)
+        if probs is None:
+            k = self._rng.integers(1, C, size=yh.shape)
+            return _on_device((yh + k) % C, y, dtype=np.int64)
+        p = np.array(to_numpy(probs), dtype=np.float64).reshape(len(yh), C)
+        p[np.arange(len(yh)), yh] = 0.0
+        s = p.sum(axis=1, keepdims=True)
+        flat = (s[:, 0] <= 0) | ~np.isfinite(s[:, 0])
+        p[flat] = 1.0
+        p[flat, yh[flat]] = 0.0
+        cdf = np.cumsum(p, axis=1)
+        u = self._rng.random(len(yh)) * cdf[:, -1]
+        neg = np.minimum((cdf <= u[:, None]).sum(axis=1), C - 1)
+        # u can round up to the total: fall back to the last class with non-zero probability
+        bad = (neg == yh) | (p[np.arange(len(yh)), neg] <= 0)
+        if np.any(bad):
+            neg[bad] = C - 1 - np.argmax(p[bad][:, ::-1] > 0, axis=1)
+        return _on_device(neg, y, dtype=np.int64)
 
     def overlay(self, x, m):
         """x with the label matrix m (N, C) written in (see the module docstring)."""
@@ -268,12 +294,14 @@ class FF(Rule):
 
     # -- the learning step -------------------------------------------------------------------
     def step(self, model, x, y) -> StepResult:
-        """Draw negatives, then :meth:`local_step` with every block active."""
-        return self.local_step(model, x, y, self.negatives(y, model.num_classes))
+        """One FF step: head, then negatives (uniform or hard), then every hidden block."""
+        return self.local_step(model, x, y, None)
 
-    def local_step(self, model, x, y, y_neg, active=None) -> StepResult:
-        """Gradients of the local losses for given negatives.
+    def local_step(self, model, x, y, y_neg=None, active=None) -> StepResult:
+        """Gradients of the local losses.
 
+        ``y_neg``: the negative labels; None draws them (:meth:`negatives`; with
+        ``negatives="hard"`` from the head's softmax on this batch, computed first).
         ``active``: the block indices whose loss is switched on (default: all hidden blocks and
         the head, index L−1). A block that is not active still runs forward (its output feeds
         the next block) but receives dh = 0, so its gradient is exactly zero unless something
@@ -284,10 +312,26 @@ class FF(Rule):
         xp = get_array_module(x)
         N, C = x.shape[0], model.num_classes
         self._C = C
+        terms = {}
+        # 1. softmax head on the neutral input (its gradient reaches the last block only)
+        head = model.blocks[-1]
+        hs = self.run_hidden(model, self.neutral(x, C))
+        logits = head.forward(length_normalise(hs[-1]))
+        ce, dlogits = cross_entropy(logits, y)
+        if L - 1 not in active:
+            dlogits = xp.zeros_like(dlogits)
+        head.backward(dlogits, need_dx=False)
+        # 2. negatives
+        if y_neg is None:
+            probs = None
+            if self.negative_mode == "hard":
+                probs = xp.exp(log_softmax(logits))
+            y_neg = self.negatives(y, C, probs)
+        # 3. every hidden block on [positive; negative] rows, each with its own loss
         xin = xp.concatenate([self.overlay(x, self.one_hot(y, C, x)),
                               self.overlay(x, self.one_hot(y_neg, C, x))], axis=0)
         sign = xp.concatenate([xp.ones(N, dtype=x.dtype), -xp.ones(N, dtype=x.dtype)])
-        terms, total = {}, None
+        total = None
         a = xin
         for l, block in enumerate(self.hidden_blocks(model)):
             h = block.forward(length_normalise(a))
@@ -304,14 +348,6 @@ class FF(Rule):
                 dh = xp.zeros_like(h)
             block.backward(dh, need_dx=False)
             a = h                                  # the next block sees sg(h)
-        # softmax head on the neutral input
-        head = model.blocks[-1]
-        hs = self.run_hidden(model, self.neutral(x, C))
-        logits = head.forward(length_normalise(hs[-1]))
-        ce, dlogits = cross_entropy(logits, y)
-        if L - 1 not in active:
-            dlogits = xp.zeros_like(dlogits)
-        head.backward(dlogits, need_dx=False)
         terms["head_ce"] = ce
         total = ce if total is None else total + ce
         return StepResult(loss=total, grads=model.gradients(), terms=terms, logits=logits)
