@@ -332,8 +332,8 @@ class CCL(Rule):
         ssl_s, dSh_s = gram_loss(Sh, self.ssl_scale)
         p = f"pair/{l}"
         use = {k: _selected(f"{p}/{k}", only) for k in ("cross", "ssl_a", "ssl_s")}
-        dAh = dAh_c * use["cross"] + dAh_a * use["ssl_a"]
-        dSh = dSh_c * use["cross"] + dSh_s * use["ssl_s"]
+        dAh = float(use["cross"]) * dAh_c + float(use["ssl_a"]) * dAh_a
+        dSh = float(use["cross"]) * dSh_c + float(use["ssl_s"]) * dSh_s
         terms = {p: cross + ssl_a + ssl_s, f"{p}/cross": cross, f"{p}/ssl_a": ssl_a,
                  f"{p}/ssl_s": ssl_s}
         return terms, normalize_rows_backward(dAh, Ah, rA), normalize_rows_backward(dSh, Sh, rS)
