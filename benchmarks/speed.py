@@ -1,0 +1,343 @@
+"""Training-step speed of ccledu (NumPy or CuPy) against PyTorch in the same run.
+
+    python benchmarks/speed.py                     # CPU: ccledu+NumPy vs PyTorch CPU
+    python benchmarks/speed.py --device cuda       # GPU: ccledu+CuPy vs PyTorch CUDA
+    python benchmarks/speed.py --quick             # fewer repetitions (smoke test)
+
+For every rule x {MLP, CNN} it times full training steps (forward, credit assignment, clipping,
+SGD update) on a fixed batch, reports samples/s, the ratio PyTorch-time / ccledu-time (> 1 means
+ccledu is faster), and the fraction of the machine's matrix-multiply peak the step reaches
+(FLOPs of the step's matrix products / time / peak, peak = best GFLOP/s of a large float32
+matmul). It also times how the step cost grows as width, depth and batch size double.
+Results go to ``benchmarks/results/speed_<device>.json`` and ``.md`` with plots.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from ccledu import __version__  # noqa: E402
+from ccledu.backend import asarray, get_array_module, use  # noqa: E402
+from ccledu.models import build_model  # noqa: E402
+from ccledu.optim import Optimizer, ParamGroup  # noqa: E402
+from ccledu.rules import get_rule  # noqa: E402
+
+RULES = ["bp", "fa", "dfa", "ccl", "ff"]
+CONFIGS = {
+    # name: (model spec, batch size, activation)
+    "mlp": ("mlp:784-256-256-256-256-256-10", 256, "elu"),
+    "cnn": ("cnn:1x28x28-c32-c64-10", 128, "elu"),
+    "cnn-paper": ("cnn:3x32x32-c128-c128-c256-c256-c512-10", 128, "elu"),
+}
+
+
+def machine_info(device: str) -> dict:
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "cpu": _cpu_name(), "cores": os.cpu_count(), "numpy": np.__version__,
+            "ccledu": __version__}
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        if device == "cuda":
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        info["torch"] = None
+    if device == "cuda":
+        import cupy
+        info["cupy"] = cupy.__version__
+    try:
+        cfg = np.show_config(mode="dicts")
+        info["blas"] = cfg["Build Dependencies"]["blas"]["name"]
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _sync(xp):
+    if xp is not np:
+        xp.cuda.Stream.null.synchronize()
+
+
+def time_fn(fn, reps: int, warmup: int = 2, sync=lambda: None) -> float:
+    """Median seconds per call of ``fn`` over ``reps`` calls."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def matmul_peak(device: str, n: int = 2048) -> dict:
+    """Best GFLOP/s of an n x n float32 matrix product (NumPy/CuPy and PyTorch)."""
+    out = {}
+    flops = 2 * n ** 3
+    if device == "cpu":
+        a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+        out["numpy"] = flops / min(time_fn(lambda: a @ a, 1, 1) for _ in range(5)) / 1e9
+    else:
+        import cupy as cp
+        a = cp.random.random((n, n), dtype=cp.float32)
+        out["cupy"] = flops / min(time_fn(lambda: a @ a, 3, 2, cp.cuda.Stream.null.synchronize)
+                                  for _ in range(5)) / 1e9
+    try:
+        import torch
+        dev = "cuda" if device == "cuda" else "cpu"
+        t = torch.rand(n, n, device=dev)
+        sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+        out["torch"] = flops / min(time_fn(lambda: t @ t, 1 if dev == "cpu" else 3, 1, sync)
+                                   for _ in range(5)) / 1e9
+    except ImportError:
+        pass
+    out["peak"] = max(out.values())
+    return out
+
+
+def step_flops(model, rule: str, N: int) -> float:
+    """FLOPs of the matrix products in one training step (the dominant cost).
+
+    F = forward products of the forward net (2·N·in·out per linear, 2·N·OH·OW·C·k²·F per conv).
+    bp/fa: forward + dW + dx (no dx for the first block) ≈ 3F − dx₀.
+    dfa: forward + dW + the projections e·Dᵀ.   ccl: forward + dW (inputs detached: no dx) +
+    the pair products A·Sᵀ and their gradients (3 · 2·N·C·d per pair).
+    ff: two passes (positive, negative) of forward + dW over the hidden blocks.
+    """
+    per_block = []
+    shape = model.input_shape
+    for b, out_shape in zip(model.blocks, model.shapes):
+        m = b.main
+        if hasattr(m, "kernel_size"):
+            _, oh, ow = m.output_shape(shape)
+            per_block.append(2.0 * N * oh * ow * m.in_channels * m.kernel_size ** 2 * m.out_channels)
+        else:
+            per_block.append(2.0 * N * m.in_features * m.out_features)
+        shape = out_shape
+    F = sum(per_block)
+    C = model.num_classes
+    sizes = [int(np.prod(model.input_shape))] + [int(np.prod(s)) for s in model.shapes]
+    if rule in ("bp", "fa"):
+        return 3 * F - per_block[0]
+    if rule == "dfa":
+        return 2 * F + sum(2.0 * N * C * d for d in sizes[1:-1])
+    if rule == "ccl":
+        return 2 * F + sum(3 * 2.0 * N * C * d for d in sizes[:-1])
+    if rule == "ff":
+        return 2 * 2 * sum(per_block[:-1])
+    raise ValueError(rule)
+
+
+def ccledu_step(rule: str, spec: str, N: int, act: str, device: str, seed: int = 0):
+    """(step closure, sync, model) for ccledu on the given back-end."""
+    backend = "cupy" if device == "cuda" else "numpy"
+    with use(backend):
+        model = build_model(spec, activation=act, seed=seed)
+        r = get_rule(rule)
+        r.setup(model, seed=seed)
+        groups = [ParamGroup(name, params, lr=0.01, clip=1.0)
+                  for name, params in r.param_groups(model).items()]
+        opt = Optimizer(groups)
+        g = np.random.default_rng(seed)
+        x = asarray(g.standard_normal((N,) + model.input_shape), dtype=model.dtype)
+        y = asarray(g.integers(0, model.num_classes, N))
+    xp = get_array_module(x)
+
+    def step():
+        res = r.step(model, x, y)
+        opt.step(res.grads)
+    return step, (lambda: _sync(xp)), model
+
+
+def torch_step(rule: str, spec: str, N: int, act: str, device: str, seed: int = 0):
+    import torch
+    from torch_peers import make_step
+    from ccledu.models import parse_spec
+
+    kind, args = parse_spec(spec)
+    dev = "cuda" if device == "cuda" else "cpu"
+    g = torch.Generator().manual_seed(seed)
+    if kind == "mlp":
+        x = torch.randn((N, args[0]), generator=g)
+        C = args[-1]
+        y = torch.randint(0, C, (N,), generator=g)
+        step = make_step(rule, "mlp", x.to(dev), y.to(dev), sizes=args, act=act, seed=seed)
+    else:
+        shape, chans, C = args
+        x = torch.randn((N,) + tuple(shape), generator=g)
+        y = torch.randint(0, C, (N,), generator=g)
+        step = make_step(rule, "cnn", x.to(dev), y.to(dev), channels=list(chans), act=act, seed=seed)
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    return step, sync
+
+
+def run_grid(device: str, configs, rules, reps: int, peak: float, log) -> list:
+    rows = []
+    for cname in configs:
+        spec, N, act = CONFIGS[cname]
+        for rule in rules:
+            step, sync, model = ccledu_step(rule, spec, N, act, device)
+            r = max(1, reps // (4 if cname == "cnn-paper" else 1))
+            t_ours = time_fn(step, r, sync=sync)
+            row = {"config": cname, "spec": spec, "batch": N, "rule": rule,
+                   "ccledu_ms": 1e3 * t_ours, "ccledu_samples_per_s": N / t_ours,
+                   "gflop_per_step": step_flops(model, rule, N) / 1e9}
+            row["fraction_of_peak"] = row["gflop_per_step"] / t_ours / peak
+            try:
+                tstep, tsync = torch_step(rule, spec, N, act, device)
+                t_torch = time_fn(tstep, r, sync=tsync)
+                row["torch_ms"] = 1e3 * t_torch
+                row["torch_samples_per_s"] = N / t_torch
+                row["ratio_torch_over_ccledu"] = t_torch / t_ours
+            except ImportError:
+                row["torch_ms"] = None
+            rows.append(row)
+            log(f"{cname:9s} {rule:4s}  ccledu {row['ccledu_ms']:8.2f} ms"
+                + (f"  torch {row['torch_ms']:8.2f} ms  ratio {row['ratio_torch_over_ccledu']:.2f}"
+                   if row.get("torch_ms") else "")
+                + f"  {100 * row['fraction_of_peak']:.0f}% of peak")
+    return rows
+
+
+def run_scaling(device: str, reps: int, log) -> list:
+    """Time per step (BP and CCL, MLP) as width, depth and batch size double."""
+    rows = []
+    base = dict(width=256, depth=5, batch=256)
+    for axis, values in (("width", [128, 256, 512, 1024]), ("depth", [2, 4, 8, 16]),
+                         ("batch", [64, 128, 256, 512, 1024])):
+        for v in values:
+            p = dict(base)
+            p[axis] = v
+            spec = "mlp:" + "-".join(["784"] + [str(p["width"])] * p["depth"] + ["10"])
+            for rule in ("bp", "ccl"):
+                step, sync, _ = ccledu_step(rule, spec, p["batch"], "elu", device)
+                t = time_fn(step, reps, sync=sync)
+                rows.append({"axis": axis, "value": v, "rule": rule, "ms": 1e3 * t, **p})
+                log(f"scaling {axis}={v:5d} {rule}: {1e3 * t:.2f} ms")
+    return rows
+
+
+def plot(results: dict, path_prefix: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = results["grid"]
+    configs = sorted({r["config"] for r in rows}, key=list(CONFIGS).index)
+    fig, axes = plt.subplots(1, len(configs), figsize=(4.5 * len(configs), 3.6), squeeze=False)
+    for ax, cname in zip(axes[0], configs):
+        sub = [r for r in rows if r["config"] == cname]
+        xs = np.arange(len(sub))
+        ax.bar(xs - 0.2, [r["ccledu_samples_per_s"] for r in sub], 0.4, label="ccledu")
+        if all(r.get("torch_ms") for r in sub):
+            ax.bar(xs + 0.2, [r["torch_samples_per_s"] for r in sub], 0.4, label="PyTorch")
+        ax.set_xticks(xs, [r["rule"] for r in sub])
+        ax.set_title(f"{cname} (batch {sub[0]['batch']})")
+        ax.set_ylabel("samples / s")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(f"{path_prefix}_throughput.png", dpi=110)
+    plt.close(fig)
+    if results.get("scaling"):
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        for ax, axis in zip(axes, ("width", "depth", "batch")):
+            for rule in ("bp", "ccl"):
+                pts = [r for r in results["scaling"] if r["axis"] == axis and r["rule"] == rule]
+                ax.loglog([p["value"] for p in pts], [p["ms"] for p in pts], "o-", base=2, label=rule)
+            ax.set_xlabel(axis)
+            ax.set_ylabel("ms / step")
+            ax.set_title(f"step time vs {axis}")
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(f"{path_prefix}_scaling.png", dpi=110)
+        plt.close(fig)
+
+
+def report(results: dict, path: Path, command: str):
+    m = results["machine"]
+    lines = [f"# Speed: ccledu vs PyTorch ({results['device']})", "",
+             f"Command: `{command}`", "",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in m.items()), "",
+             f"Matrix-multiply peak (2048² float32): "
+             + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in results["peak"].items()), "",
+             "| config | rule | batch | ccledu ms/step | PyTorch ms/step | ratio (PyTorch/ccledu) | ccledu samples/s | GFLOP/step | % of peak |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["grid"]:
+        tm = f"{r['torch_ms']:.2f}" if r.get("torch_ms") else "—"
+        ratio = f"{r['ratio_torch_over_ccledu']:.2f}" if r.get("torch_ms") else "—"
+        lines.append(f"| {r['config']} | {r['rule']} | {r['batch']} | {r['ccledu_ms']:.2f} | {tm} | {ratio} | "
+                     f"{r['ccledu_samples_per_s']:.0f} | {r['gflop_per_step']:.3f} | {100 * r['fraction_of_peak']:.0f} |")
+    lines += ["", "A ratio above 1 means ccledu's step is faster than PyTorch's.", "",
+              f"![throughput]({path.stem}_throughput.png)", ""]
+    if results.get("scaling"):
+        lines += ["## How cost grows", "", "MLP 784-width×depth-10, defaults width 256, depth 5, batch 256.", "",
+                  f"![scaling]({path.stem}_scaling.png)", "",
+                  "| axis | value | rule | ms/step |", "|---|---|---|---|"]
+        lines += [f"| {r['axis']} | {r['value']} | {r['rule']} | {r['ms']:.2f} |" for r in results["scaling"]]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--configs", default="mlp,cnn,cnn-paper")
+    p.add_argument("--rules", default=",".join(RULES))
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--quick", action="store_true", help="3 repetitions, no scaling study")
+    p.add_argument("--no-scaling", action="store_true")
+    p.add_argument("--out", default=str(HERE / "results"))
+    args = p.parse_args(argv)
+    reps = 3 if args.quick else args.reps
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    try:
+        import torch
+        if args.device == "cpu":
+            torch.set_num_threads(os.cpu_count())
+    except ImportError:
+        log("PyTorch not installed: timing ccledu alone (pip install torch==2.13.0 for the peer)")
+    results = {"device": args.device, "machine": machine_info(args.device)}
+    results["peak"] = matmul_peak(args.device)
+    log(f"peak: {results['peak']}")
+    results["grid"] = run_grid(args.device, args.configs.split(","), args.rules.split(","), reps,
+                               results["peak"]["peak"], log)
+    if not (args.quick or args.no_scaling):
+        results["scaling"] = run_scaling(args.device, max(3, reps // 2), log)
+    stem = out / f"speed_{args.device}"
+    stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    plot(results, stem)
+    report(results, stem.with_suffix(".md"), "python benchmarks/speed.py " + " ".join(argv or sys.argv[1:]))
+    log(f"wrote {stem}.json, {stem}.md and plots")
+    return results
+
+
+if __name__ == "__main__":
+    main()
