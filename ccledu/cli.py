@@ -154,7 +154,7 @@ _DEFAULTS = {"rule": "bp", "model": "mlp", "data": "mnist", "seed": 0, "dtype": 
              "backend": "numpy"}
 
 #: optional sub-commands living in other modules: name -> module with ``add_parser(sub)``
-EXTRA_COMMANDS = ["ccledu.trace", "ccledu.course", "ccledu.bench"]
+EXTRA_COMMANDS = ["ccledu.trace", "ccledu.course", "ccledu.autoencoder"]
 
 
 def build_parser():
