@@ -1,0 +1,279 @@
+"""Coursework tooling: ``make_student`` on small synthetic repositories and on a copy of this one.
+
+(a) a student copy holds no solution text, only stubs naming the tasks;
+(b) a student copy of chapters 01–02 runs in quick mode up to the first exercise and stops there
+    with that task's NotImplementedError;
+(c) ``pytest -m ch02`` fails in a student copy (naming the task) and passes on the reference;
+(d) the reference solutions pass the checks.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ccledu import check
+from ccledu.course import Task, find_tasks, make_student
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_chapters import execute_notebook, kernel_env  # noqa: E402
+
+
+# --------------------------------------------------------------------------------------------
+# Synthetic repositories: the marker grammar
+# --------------------------------------------------------------------------------------------
+
+def _notebook(*sources):
+    cells = [{"cell_type": "code", "execution_count": 3, "id": f"c{i}", "metadata": {},
+              "outputs": [{"output_type": "stream", "name": "stdout", "text": "old output\n"}],
+              "source": s} for i, s in enumerate(sources)]
+    return {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                                        "language": "python"}},
+            "nbformat": 4, "nbformat_minor": 5}
+
+
+@pytest.fixture
+def tiny_repo(tmp_path):
+    src = tmp_path / "src"
+    (src / "ccledu").mkdir(parents=True)
+    (src / "chapters").mkdir()
+    (src / "ccledu" / "mod.py").write_text(
+        'def f(x):\n'
+        '    """A docstring that quotes the markers:\n'
+        '    ### BEGIN SOLUTION\n'
+        '    """\n'
+        '    y = x + 1\n'
+        '    ### BEGIN SOLUTION  Task 9.5: add two\n'
+        '    y = y + 2\n'
+        '    ### END SOLUTION\n'
+        '    return y\n'
+        '\n'
+        'class A:\n'
+        '    def g(self):\n'
+        '        ### BEGIN SOLUTION\n'
+        '        return "secret-g"\n'
+        '        ### END SOLUTION\n')
+    nb = _notebook("x = 1\nprint(x)",
+                   "def h(a):\n    # Task 9.1: the h function\n    ### BEGIN SOLUTION\n    return 'secret-h'\n"
+                   "    ### END SOLUTION",
+                   "def k():\n    ### BEGIN SOLUTION\n    return 'secret-k'\n    ### END SOLUTION")
+    (src / "chapters" / "09_demo.ipynb").write_text(json.dumps(nb))
+    (src / "README.md").write_text("hello\n")
+    (src / ".git").mkdir()
+    (src / ".git" / "HEAD").write_text("ref\n")
+    return src
+
+
+def test_find_tasks_reads_ids_descriptions_and_numbers_the_rest(tiny_repo):
+    tasks = {t.id: t for t in find_tasks(tiny_repo)}
+    assert set(tasks) == {"9.1", "9.2", "9.5", "mod.2"}
+    assert tasks["9.1"].description == "the h function" and tasks["9.1"].cell == 1
+    assert tasks["9.5"].description == "add two" and tasks["9.5"].path == "ccledu/mod.py"
+    assert tasks["9.2"].path == "chapters/09_demo.ipynb"     # automatic: chapter 9, 2nd region
+    assert tasks["mod.2"].message.startswith("Task mod.2: fill in the solution")
+
+
+def test_make_student_replaces_regions_and_strips_outputs(tiny_repo, tmp_path):
+    dst = tmp_path / "student"
+    done = make_student(tiny_repo, dst)
+    assert {t.id for t in done} == {"9.1", "9.2", "9.5", "mod.2"}
+    assert not (dst / ".git").exists() and (dst / "README.md").read_text() == "hello\n"
+    mod = (dst / "ccledu" / "mod.py").read_text()
+    assert "y = y + 2" not in mod and "secret-g" not in mod
+    assert "    raise NotImplementedError('Task 9.5: add two')\n" in mod
+    assert "        raise NotImplementedError('Task mod.2: fill in the solution in ccledu/mod.py')" in mod
+    assert '    ### BEGIN SOLUTION\n    """' in mod                  # the docstring is untouched
+    ns = {}
+    exec(compile(mod, "mod.py", "exec"), ns)
+    assert ns["f"].__doc__ is not None
+    with pytest.raises(NotImplementedError, match="Task 9.5: add two"):
+        ns["f"](1)
+    nb = json.loads((dst / "chapters" / "09_demo.ipynb").read_text())
+    assert all(c["outputs"] == [] and c["execution_count"] is None for c in nb["cells"])
+    text = json.dumps(nb)
+    assert "secret-h" not in text and "secret-k" not in text and "BEGIN SOLUTION" not in text
+    assert "# Task 9.1: the h function" in nb["cells"][1]["source"]
+    assert "raise NotImplementedError('Task 9.1: the h function')" in nb["cells"][1]["source"]
+
+
+def test_selected_tasks_only(tiny_repo, tmp_path):
+    done = make_student(tiny_repo, tmp_path / "s1", tasks="9.5")
+    assert [t.id for t in done] == ["9.5"]
+    mod = (tmp_path / "s1" / "ccledu" / "mod.py").read_text()
+    assert "secret-g" in mod and "SOLUTION\n        return" not in mod   # kept, delimiters dropped
+    nb = (tmp_path / "s1" / "chapters" / "09_demo.ipynb").read_text()
+    assert "secret-h" in nb and "BEGIN SOLUTION" not in nb
+    done = make_student(tiny_repo, tmp_path / "s2", tasks=["9"])        # a whole chapter
+    assert sorted(t.id for t in done) == ["9.1", "9.2", "9.5"]
+    with pytest.raises(ValueError, match="no task '4.1'"):
+        make_student(tiny_repo, tmp_path / "s3", tasks="4.1")
+
+
+@pytest.mark.parametrize("body,error", [
+    ("    ### BEGIN SOLUTION\n    ### BEGIN SOLUTION\n    ### END SOLUTION\n", "nested"),
+    ("    ### BEGIN SOLUTION\n    pass\n", "never closed"),
+    ("    ### END SOLUTION\n", "without a BEGIN"),
+])
+def test_malformed_regions_are_reported(tmp_path, body, error):
+    (tmp_path / "r" / "ccledu").mkdir(parents=True)
+    (tmp_path / "r" / "ccledu" / "bad.py").write_text("def f():\n" + body)
+    with pytest.raises(ValueError, match=error):
+        find_tasks(tmp_path / "r")
+
+
+def test_refuses_unsafe_destinations(tiny_repo, tmp_path):
+    with pytest.raises(ValueError, match="outside"):
+        make_student(tiny_repo, tiny_repo / "student")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    with pytest.raises(ValueError, match="not empty"):
+        make_student(tiny_repo, tmp_path / "full")
+
+
+def test_cli(tiny_repo, tmp_path, capsys):
+    from ccledu.cli import main
+    assert main(["course", "list", str(tiny_repo)]) == 0
+    assert "Task 9.1" in capsys.readouterr().out
+    assert main(["course", "make-student", str(tiny_repo), str(tmp_path / "s"), "--tasks", "9.1,9.2"]) == 0
+    out = capsys.readouterr().out
+    assert "2 task(s)" in out and "Task 9.2" in out
+
+
+# --------------------------------------------------------------------------------------------
+# This repository
+# --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """A copy of what a course needs: chapters, package, tests, pyproject, data."""
+    src = tmp_path_factory.mktemp("course") / "reference"
+    src.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+    for name in ["ccledu", "chapters", "tests"]:
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
+    for name in ["pyproject.toml", "README.md"]:
+        shutil.copy2(ROOT / name, src / name)
+    (src / "data").symlink_to(ROOT / "data", target_is_directory=True)
+    return src
+
+
+def _repo_tasks():
+    return find_tasks(ROOT)
+
+
+def test_repository_tasks_are_well_formed():
+    tasks = _repo_tasks()
+    ids = [t.id for t in tasks]
+    assert len(ids) == len(set(ids))
+    for t in tasks:
+        assert t.description and not t.description.startswith("fill in"), f"task {t.id} has no description"
+        chapter = t.id.split(".")[0]
+        assert chapter.isdigit(), f"task {t.id}: ids are <chapter>.<k>"
+        if t.path.endswith(".ipynb"):
+            assert Path(t.path).name.startswith(f"{int(chapter):02d}_"), f"task {t.id} sits in {t.path}"
+
+
+def _solution_lines(path: Path, task: Task):
+    """The non-blank lines inside a task's region that occur nowhere else in the file/cell."""
+    if path.suffix == ".ipynb":
+        cell = json.loads(path.read_text())["cells"][task.cell]
+        src = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    else:
+        src = path.read_text()
+    lines = src.splitlines()
+    b = task.line - 1
+    e = next(i for i in range(b + 1, len(lines)) if "END SOLUTION" in lines[i])
+    inside = [l.strip() for l in lines[b + 1:e] if l.strip()]
+    outside = {l.strip() for l in lines[:b] + lines[e + 1:]}
+    return [l for l in inside if l not in outside and len(l) > 8]
+
+
+def test_student_copy_has_no_solutions(reference, tmp_path):
+    dst = tmp_path / "student"
+    done = make_student(reference, dst)
+    tasks = find_tasks(reference)
+    assert {t.id for t in done} == {t.id for t in tasks} and len(tasks) >= 5
+    for t in tasks:
+        text = (dst / t.path).read_text()
+        if t.path.endswith(".ipynb"):
+            text = "\n".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+                             for c in json.loads(text)["cells"])
+        assert f"raise NotImplementedError({t.message!r})" in text, f"no stub for task {t.id}"
+        for line in _solution_lines(reference / t.path, t):
+            assert line not in text, f"task {t.id}: solution line {line!r} is still in {t.path}"
+    for p in list((dst / "ccledu").rglob("*.py")) + list((dst / "chapters").glob("*.ipynb")):
+        assert "BEGIN SOLUTION" not in p.read_text() or p.name == "course.py" or p.name == "check.py", p
+    for p in (dst / "chapters").glob("*.ipynb"):
+        for c in json.loads(p.read_text())["cells"]:
+            assert c.get("outputs", []) == [] and c.get("execution_count") is None
+
+
+NOTEBOOK_CHAPTERS = ["01_backprop", "02_convolutions"]
+
+
+@pytest.mark.parametrize("chapter", NOTEBOOK_CHAPTERS)
+def test_student_notebook_stops_at_its_first_exercise(reference, tmp_path, chapter):
+    nb_tasks = [t for t in find_tasks(reference) if t.path == f"chapters/{chapter}.ipynb"]
+    assert nb_tasks, f"{chapter} has no notebook exercise"
+    dst = tmp_path / "student"
+    make_student(reference, dst, tasks=[t.id for t in nb_tasks])
+    first = nb_tasks[0]
+    with pytest.raises(AssertionError) as info:
+        execute_notebook(dst / "chapters" / f"{chapter}.ipynb", kernel_env(dst, quick=True))
+    msg = str(info.value)
+    assert "NotImplementedError" in msg and first.message in msg, msg[-2000:]
+
+
+def _pytest_marker(repo: Path, marker: str):
+    env = dict(os.environ, PYTHONPATH=str(repo), OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS", "1"))
+    return subprocess.run([sys.executable, "-m", "pytest", "-m", marker, "-q", "-p", "no:cacheprovider",
+                           "tests/test_exercises.py"], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_marker_tests_fail_in_student_copy_and_pass_on_reference(reference, tmp_path):
+    ch02 = [t for t in find_tasks(reference) if t.path.startswith("ccledu/") and t.chapter == "2"]
+    assert ch02, "chapter 2 has no package exercise"
+    dst = tmp_path / "student"
+    make_student(reference, dst, tasks=[t.id for t in ch02])
+    res = _pytest_marker(dst, "ch02")
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out[-3000:]
+    assert "NotImplementedError" in out and ch02[0].message in out, out[-3000:]
+    res = _pytest_marker(reference, "ch02")
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert " passed" in res.stdout
+
+
+def test_reference_solutions_pass_the_checks(reference):
+    """Run each chapter's setup cell and everything from its first exercise on, in-process:
+    the reference solutions satisfy every check cell."""
+    import numpy as np  # noqa: F401  (the chapters import it too)
+    for chapter in NOTEBOOK_CHAPTERS:
+        nb = json.loads((reference / "chapters" / f"{chapter}.ipynb").read_text())
+        code = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+                for c in nb["cells"] if c["cell_type"] == "code"]
+        graded = [i for i, c in enumerate(c for c in nb["cells"] if c["cell_type"] == "code")
+                  if "BEGIN SOLUTION" in code[i]]
+        assert graded, chapter
+        ns = {"display": lambda *a, **k: None}
+        exec(compile(code[0], f"{chapter}[setup]", "exec"), ns)
+        # imports made in the chapter's body that the exercises may use
+        for src in code[1:graded[0]]:
+            for line in src.splitlines():
+                if line.startswith(("from ", "import ")):
+                    exec(line, ns)
+        for i, src in enumerate(code[graded[0]:], graded[0]):
+            exec(compile(src, f"{chapter}[cell {i}]", "exec"), ns)
+
+
+def test_package_references_pass_their_own_checks():
+    for name, fn in check.CHECKS.items():
+        if name == "gradient_check":
+            continue
+        ref = getattr(check, f"_ref_{name}")
+        assert fn(ref, verbose=False) >= 3
