@@ -63,17 +63,17 @@ def compare(name: str, mine, reference, rtol: float = 1e-6, atol: float = 0.0) -
     if m.shape != r.shape:
         raise AssertionError(f"{name}: shape mismatch — mine {m.shape} vs reference {r.shape}")
     if not np.all(np.isfinite(m)):
-        idx = np.unravel_index(np.argmax(~np.isfinite(m)), m.shape)
-        raise AssertionError(f"{name}: mine has a non-finite value {m[idx]} at index {idx}")
+        idx = tuple(int(i) for i in np.unravel_index(np.argmax(~np.isfinite(m)), m.shape))
+        raise AssertionError(f"{name}: mine has a non-finite value {m[idx].item()} at index {idx}")
     diff = np.abs(m.astype(np.float64) - r.astype(np.float64))
     tol = atol + rtol * np.abs(r)
     bad = diff > tol
     if np.any(bad):
-        first = np.unravel_index(np.argmax(bad), m.shape)
-        worst = np.unravel_index(np.argmax(diff), m.shape)
+        first = tuple(int(i) for i in np.unravel_index(np.argmax(bad), m.shape))
+        worst = tuple(int(i) for i in np.unravel_index(np.argmax(diff), m.shape))
         raise AssertionError(
             f"{name}: {int(bad.sum())} of {m.size} entries differ (rtol={rtol}, atol={atol}).\n"
-            f"  first mismatch at {first}: mine {m[first]!r} vs reference {r[first]!r}\n"
-            f"  largest difference at {worst}: mine {m[worst]!r} vs reference {r[worst]!r} "
+            f"  first mismatch at {first}: mine {m[first].item()!r} vs reference {r[first].item()!r}\n"
+            f"  largest difference at {worst}: mine {m[worst].item()!r} vs reference {r[worst].item()!r} "
             f"(|diff| = {diff[worst]:.3e})\n"
             f"  whole-tensor relative error {grad_rel_error(m, r):.3e}")

@@ -223,10 +223,12 @@ def fit(model, rule, optimizer, train, val, *, epochs: int, batch_size: int, see
     """
     from .data import batches
 
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
+    tqdm = None
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover
+            pass
     g = np.random.default_rng([seed, 1])
     x_tr, y_tr = train
     x_va, y_va = val
