@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .testing import compare, numerical_gradient, grad_rel_error
+from ..testing import compare, numerical_gradient, grad_rel_error
 
 #: name -> check function (filled by :func:`register`)
 CHECKS: dict = {}
@@ -376,3 +376,16 @@ def maxpool_backward(fn, reference=None, seed=0, **options) -> int:
         dy = g.standard_normal(shape[:2] + (shape[2] // k, shape[3] // k))
         cases.append(Case(f"x {shape}, k={k}", (x, dy, k)))
     return _run_cases("maxpool_backward", fn, reference or _ref_maxpool_backward, cases, **options)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks of later chapters live in one module each (ccledu/check/chNN.py) and register
+# themselves here, so ``ccledu.check.<name>`` reaches every check.
+# --------------------------------------------------------------------------------------------
+import importlib as _importlib
+import pkgutil as _pkgutil
+
+for _m in sorted(m.name for m in _pkgutil.iter_modules(__path__) if m.name.startswith("ch")):
+    _mod = _importlib.import_module(f"{__name__}.{_m}")
+    for _name in getattr(_mod, "__all__", []):
+        globals()[_name] = getattr(_mod, _name)
