@@ -127,7 +127,7 @@ def _run_cases(name: str, mine, reference, cases, *, outputs=None, rtol: float =
 # --------------------------------------------------------------------------------------------
 
 def _ref_linear_backward(x, W, dy):
-    from .layers import Linear
+    from ..layers import Linear
     layer = Linear(W.shape[1], W.shape[0], bias=False, dtype=W.dtype)
     layer.params["weight"] = W
     layer.forward(x)
@@ -151,7 +151,7 @@ def linear_backward(fn, reference=None, seed=0, **options) -> int:
 
 
 def _ref_elu_grad(z):
-    from .layers import activate, activation_grad
+    from ..layers import activate, activation_grad
     return activation_grad("elu", z, activate("elu", z))
 
 
@@ -170,7 +170,7 @@ def elu_grad(fn, reference=None, seed=0, **options) -> int:
 
 
 def _small_models(seed):
-    from .models import cnn, mlp
+    from ..models import cnn, mlp
     g = _rng(seed)
     out = []
     m = mlp([12, 9, 7, 5], activation="elu", seed=seed, dtype="float64")
@@ -183,7 +183,7 @@ def _small_models(seed):
 
 
 def _ref_bp_gradients(model, x, y):
-    from .rules.bp import BP
+    from ..rules.bp import BP
     return {k: np.array(v, copy=True) for k, v in BP().step(model, x, y).grads.items()}
 
 
@@ -249,7 +249,7 @@ def _geom_label(shape, kh, kw, s, p):
 
 
 def _ref_im2col(x, kh, kw, stride, pad):
-    from .im2col import im2col as ref
+    from ..im2col import im2col as ref
     return ref(x, kh, kw, stride, pad)
 
 
@@ -267,7 +267,7 @@ def im2col(fn, reference=None, seed=0, **options) -> int:
 
 
 def _ref_col2im(cols, x_shape, kh, kw, stride, pad):
-    from .im2col import col2im as ref
+    from ..im2col import col2im as ref
     return ref(cols, x_shape, kh, kw, stride, pad)
 
 
@@ -278,7 +278,7 @@ def col2im(fn, reference=None, seed=0, **options) -> int:
     Contract: ``fn(cols, x_shape, kh, kw, stride, pad) -> x`` with cols (N·OH·OW, C·kh·kw) in
     im2col's layout and x of shape ``x_shape`` = (N, C, H, W); padding positions are dropped.
     """
-    from .im2col import conv_output_size
+    from ..im2col import conv_output_size
     g = _rng(seed)
     cases = []
     for shape, kh, kw, s, p in CONV_GEOMETRIES:
@@ -290,7 +290,7 @@ def col2im(fn, reference=None, seed=0, **options) -> int:
 
 
 def _conv_layer(W, b, stride, pad):
-    from .layers import Conv2d
+    from ..layers import Conv2d
     F, C, k, _ = W.shape
     layer = Conv2d(C, F, k, stride, pad, bias=b is not None, dtype=W.dtype)
     layer.params["weight"] = W
@@ -342,7 +342,7 @@ def conv_backward(fn, reference=None, seed=0, **options) -> int:
     Contract: ``fn(x, W, dy, stride, pad) -> (dW, dx)`` with x (N, C, H, W), W (F, C, k, k),
     dy = dL/dy (N, F, OH, OW); dW (F, C, k, k), dx (N, C, H, W).
     """
-    from .im2col import conv_output_size
+    from ..im2col import conv_output_size
     g = _rng(seed)
     cases = []
     for lab, x, W, _, s, p in _conv_cases(g, False):
@@ -355,7 +355,7 @@ def conv_backward(fn, reference=None, seed=0, **options) -> int:
 
 
 def _ref_maxpool_backward(x, dy, k):
-    from .layers import MaxPool2d
+    from ..layers import MaxPool2d
     pool = MaxPool2d(k)
     pool.forward(x)
     return pool.backward(dy)
