@@ -139,11 +139,15 @@ class FF(Rule):
                                     "each sample's own maximum input value"),
         "negatives": (str, "uniform", "wrong labels drawn 'uniform'ly, or 'hard': in proportion "
                                       "to the softmax head's probabilities"),
+        "cnn_overlay": (str, "grating", "label on image inputs: 'grating' (a class-specific "
+                                        "grating added over the whole image) or 'row' (first C "
+                                        "pixels of row 0 of every channel replaced)"),
     }
     PRESETS = PRESETS
 
     def __init__(self, theta: float = 2.0, goodness: str = "sum", predict: str = "goodness",
-                 ff_layers: str = "all", label_value: float = 0.0, negatives: str = "uniform"):
+                 ff_layers: str = "all", label_value: float = 0.0, negatives: str = "uniform",
+                 cnn_overlay: str = "grating"):
         if goodness not in ("sum", "mean"):
             raise ValueError(f"goodness must be 'sum' or 'mean', got {goodness!r}")
         if predict not in ("goodness", "softmax"):
@@ -153,6 +157,10 @@ class FF(Rule):
         if negatives not in ("uniform", "hard"):
             raise ValueError(f"negatives must be 'uniform' or 'hard', got {negatives!r}")
         self.negative_mode = negatives
+        if cnn_overlay not in ("grating", "row"):
+            raise ValueError(f"cnn_overlay must be 'grating' or 'row', got {cnn_overlay!r}")
+        self.cnn_overlay = cnn_overlay
+        self.grating_amplitude = 0.5
         self.theta = float(theta)
         self.goodness = goodness
         self.predict_mode = predict
@@ -256,6 +264,11 @@ class FF(Rule):
             if x.shape[1] < C:
                 raise ValueError(f"FF overlay needs at least {C} input features, got {x.shape[1]}")
             out[:, :C] = lab
+        elif x.ndim == 4 and self.cnn_overlay == "grating":
+            xp = get_array_module(x)
+            P = self.gratings(C, x.shape[2], x.shape[3], x)           # (C, H, W)
+            add = (lab @ P.reshape(C, -1)).reshape(N, 1, x.shape[2], x.shape[3])
+            out = out + self.grating_amplitude * add
         elif x.ndim == 4:
             if x.shape[3] < C:
                 raise ValueError(f"FF overlay needs images at least {C} pixels wide, got {x.shape}")
@@ -263,6 +276,19 @@ class FF(Rule):
         else:
             raise ValueError(f"FF expects inputs (N, D) or (N, C, H, W), got {tuple(x.shape)}")
         return out
+
+    def gratings(self, C, H, W, like):
+        """Label patterns for image inputs, (C, H, W): class c is the grating
+        cos(2π (i cos φ_c + j sin φ_c) / λ_c), orientation φ_c = π c / C, period λ_c = 3 + (c mod 2)
+        pixels, covering the whole image, so every receptive field sees the label."""
+        key = (C, H, W, str(like.dtype), type(like).__module__)
+        cache = getattr(self, "_grating_cache", None)
+        if cache is None or cache[0] != key:
+            i, j = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
+            P = np.stack([np.cos(2 * np.pi * (i * np.cos(np.pi * c / C) + j * np.sin(np.pi * c / C))
+                                 / (3.0 + c % 2)) for c in range(C)])
+            self._grating_cache = (key, _on_device(P, like, dtype=like.dtype))
+        return self._grating_cache[1]
 
     def one_hot(self, labels, C, like):
         xp = get_array_module(labels)
