@@ -139,8 +139,8 @@ class Optimizer:
 
         Returns {group name: {"grad_norm": ‖g‖ before clipping (after warm-up scaling and
         centralization), "clip_coef": factor applied (1.0 when not clipped), "lr": η used,
-        "warmup_factor": warm-up factor}}. The norms are Python floats (one device sync per
-        group on CuPy).
+        "warmup_factor": warm-up factor}}. Norms and factors are 0-d arrays on the parameters'
+        device (``float()`` reads one back); nothing here waits for the device.
         """
         unknown = [k for k in grads if k not in self._owner]
         if unknown:
@@ -167,21 +167,23 @@ class Optimizer:
                 if group.centralize and g.ndim > 1:
                     g -= g.mean(axis=tuple(range(1, g.ndim)), keepdims=True)
                 work[pname] = g
-            # (3) per-group clipping
+            # (3) per-group clipping, computed on the device (no host sync): the factor
+            # min(1, clip/(‖g‖ + 1e-6)) multiplies every gradient of the group; a factor of
+            # exactly 1 leaves them unchanged, as torch.nn.utils.clip_grad_norm_ does.
             norm = 0.0
             coef = 1.0
             if work:
                 sq = None
                 for g in work.values():
-                    s = (g * g).sum()
+                    gf = g.reshape(-1)
+                    s = gf @ gf
                     sq = s if sq is None else sq + s
-                norm = math.sqrt(float(sq))          # one host sync per group
+                xp = get_array_module(sq)
+                norm = xp.sqrt(sq)
                 if group.clip > 0:
-                    c = group.clip / (norm + 1e-6)
-                    if c < 1.0:
-                        coef = c
-                        for g in work.values():
-                            g *= coef
+                    coef = xp.minimum(group.clip / (norm + 1e-6), 1.0)
+                    for g in work.values():
+                        g *= coef
             # (4) SGD with momentum and weight decay
             for pname, g in work.items():
                 p = group.params[pname]
