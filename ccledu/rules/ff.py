@@ -3,15 +3,20 @@
 Every hidden block is trained on its own, with a local objective; no error ever travels from
 one block to another.
 
-**Label overlay.** A label (or a distribution over labels) m ∈ R^C is written into the input:
-
-    MLP input x (N, D):          x[n, :C]       ← v_n · m_n
-    CNN input x (N, K, H, W):    x[n, k, 0, :C] ← v_n · m_n    for every channel k
-
-(the first C pixels of the first row of every channel). The entries are *replaced*, not added.
+**Label overlay.** A label (or a distribution over labels) m ∈ R^C is written into the input.
 The "on" value v_n is ``label_value`` when it is > 0, else (default) the sample's own largest
 input value, max_j x[n, j] before the overlay: inputs are normalised ((x/255 − μ)/σ), so the
-largest value is "a white pixel" whatever the dataset (2.82 for MNIST); the "off" entries are 0.
+largest value is "a white pixel" whatever the dataset (2.82 for MNIST).
+
+    MLP input x (N, D):   x[n, :C] ← v_n · m_n        (replaced; the other entries untouched)
+    CNN input x (N, K, H, W), cnn_overlay="grating" (default):
+        x[n, k] ← x[n, k] + ½ v_n Σ_c m_nc P_c       for every channel k
+        P_c[i, j] = cos(2π (i cos φ_c + j sin φ_c) / λ_c),  φ_c = π c / C,  λ_c = 3 + (c mod 2)
+    CNN input, cnn_overlay="row":  x[n, k, 0, :C] ← v_n · m_n   for every channel k
+
+The row overlay copies the MLP one, but a 3×3 conv at row 0 never sees the digit, so no conv
+block can relate the label to the image with it (measured: goodness equal for positive and
+negative data); the grating reaches every receptive field.
 Positive data: m = one-hot of the true label. Negative data: one-hot of a wrong label drawn
 uniformly from the other C − 1 classes (host generator seeded in :meth:`FF.setup`, then moved
 to the device, so NumPy and CuPy draw the same labels). Neutral data (for the softmax head):
