@@ -27,6 +27,7 @@ TRAIN_FIELDS = [
     ("--warmup", "warmup", int, "warm-up steps: the loss is scaled by (step+1)/warmup (default 0)"),
     ("--cosine-tmax", "cosine_tmax", int, "cosine schedule period in epochs, 0 = constant lr (default 0)"),
     ("--eta-min", "eta_min", float, "final learning rate of the cosine schedule (default 1e-3)"),
+    ("--optimizer", "optimizer", str, "sgd or adam (torch.optim.Adam semantics; default sgd)"),
     ("--activation", "activation", str, "hidden activation: relu, elu, tanh, leaky_relu, sigmoid (default elu)"),
     ("--limit-train", "limit_train", int, "use only the first N (shuffled) training examples"),
     ("--limit-test", "limit_test", int, "use only the first N test examples"),

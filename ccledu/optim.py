@@ -1,4 +1,5 @@
-"""SGD with the extras the public CCL configs use, matching PyTorch's semantics step for step.
+"""SGD (and Adam) with the extras the public CCL configs use, matching PyTorch's semantics step
+for step.
 
 One :class:`Optimizer` holds several :class:`ParamGroup` s (CCL: the forward weights and the
 feedback weights), each with its own learning rate, momentum, weight decay, clipping norm and
@@ -18,6 +19,13 @@ public CCL training loop):
    g ← g + λ p (weight decay λ);
    with momentum μ > 0: b ← g on the group's first update of p, else b ← μ b + g; then g ← b;
    p ← p − η g.
+
+   **Adam** instead (groups with ``optimizer="adam"``; ``torch.optim.Adam`` with amsgrad off),
+   for each parameter p, with its own step count k = 1, 2, … (the updates p has received):
+   g ← g + λ p (weight decay λ is L2 added to the gradient, as in torch.optim.Adam, not AdamW);
+   m ← β₁ m + (1 − β₁) g,   v ← β₂ v + (1 − β₂) g²   (m, v start at 0);
+   p ← p − (η / (1 − β₁ᵏ)) · m / (√v / √(1 − β₂ᵏ) + ε).
+   ``momentum`` is not used by Adam (β₁ plays its part).
 
 :meth:`Optimizer.end_epoch` advances the cosine schedule (``torch.optim.lr_scheduler.
 CosineAnnealingLR`` stepped once per epoch): after e epochs
@@ -45,7 +53,8 @@ class ParamGroup:
 
     ``params``: {name: array}, the arrays themselves (updated in place). ``lr`` η, ``momentum``
     μ, ``weight_decay`` λ, ``clip`` (max global L2 norm of the group's gradient; 0 = off),
-    ``centralize`` (gradient centralization of every gradient with ndim > 1).
+    ``centralize`` (gradient centralization of every gradient with ndim > 1), ``optimizer``
+    ("sgd" | "adam"), ``betas`` (β₁, β₂) and ``eps`` ε of Adam (unused by SGD).
     """
     name: str
     params: dict
@@ -54,6 +63,9 @@ class ParamGroup:
     weight_decay: float = 0.0
     clip: float = 0.0
     centralize: bool = False
+    optimizer: str = "sgd"
+    betas: tuple = (0.9, 0.999)
+    eps: float = 1e-8
     initial_lr: float = field(init=False)
 
     def __post_init__(self):
@@ -63,6 +75,15 @@ class ParamGroup:
                     and math.isfinite(value)):
                 raise ValueError(f"parameter group {self.name!r}: {key} must be a finite "
                                  f"number >= 0, got {value!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"parameter group {self.name!r}: optimizer must be 'sgd' or 'adam', "
+                             f"got {self.optimizer!r}")
+        b1, b2 = (float(b) for b in self.betas)
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0) or not (self.eps >= 0 and math.isfinite(self.eps)):
+            raise ValueError(f"parameter group {self.name!r}: betas must lie in [0, 1) and eps "
+                             f"be >= 0, got {self.betas!r}, {self.eps!r}")
+        self.betas = (b1, b2)
+        self.eps = float(self.eps)
         if not isinstance(self.params, dict):
             raise TypeError(f"parameter group {self.name!r}: params must be a dict "
                             f"{{name: array}}, got {type(self.params).__name__}")
@@ -75,7 +96,7 @@ def cosine_lr(lr0: float, epoch: int, t_max: int, eta_min: float = 0.0) -> float
 
 
 class Optimizer:
-    """Multi-group SGD with warm-up, gradient centralization, per-group clipping and a cosine
+    """Multi-group SGD or Adam with warm-up, gradient centralization, per-group clipping and a cosine
     schedule (see the module docstring for the exact order and equations).
 
     Parameters
@@ -99,6 +120,7 @@ class Optimizer:
         self.step_count = 0
         self.epoch = 0
         self.momentum_buffers: dict = {}
+        self.adam_state: dict = {}          # {param name: {"step": k, "m": array, "v": array}}
         self._owner: dict[str, ParamGroup] = {}
         seen_groups = set()
         for g in groups:
@@ -184,11 +206,14 @@ class Optimizer:
                     coef = xp.minimum(group.clip / (norm + 1e-6), 1.0)
                     for g in work.values():
                         g *= coef
-            # (4) SGD with momentum and weight decay
+            # (4) SGD with momentum and weight decay, or Adam
             for pname, g in work.items():
                 p = group.params[pname]
                 if group.weight_decay:
                     g += group.weight_decay * p
+                if group.optimizer == "adam":
+                    self._adam_update(group, pname, p, g)
+                    continue
                 if group.momentum:
                     buf = self.momentum_buffers.get(pname)
                     if buf is None:
@@ -204,12 +229,35 @@ class Optimizer:
         self.step_count += 1
         return info
 
+    def _adam_update(self, group, pname, p, g):
+        """One torch.optim.Adam update of p (in place) from the prepared gradient g."""
+        xp = get_array_module(p, g)
+        st = self.adam_state.get(pname)
+        if st is None:
+            st = {"step": 0, "m": xp.zeros_like(p), "v": xp.zeros_like(p)}
+            self.adam_state[pname] = st
+        b1, b2 = group.betas
+        st["step"] += 1
+        k = st["step"]
+        m, v = st["m"], st["v"]
+        m *= b1
+        m += (1.0 - b1) * g
+        v *= b2
+        v += (1.0 - b2) * (g * g)
+        step_size = group.lr / (1.0 - b1 ** k)
+        denom = xp.sqrt(v) / math.sqrt(1.0 - b2 ** k) + group.eps
+        p -= step_size * (m / denom)
+
     # -- checkpoints ------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Step and epoch counters, learning rates and momentum buffers (as NumPy arrays)."""
+        """Step and epoch counters, learning rates, momentum buffers and Adam moments (as NumPy
+        arrays)."""
         return {"step": self.step_count, "epoch": self.epoch,
                 "lrs": self.lrs, "initial_lrs": {g.name: g.initial_lr for g in self.groups},
-                "momentum": {k: np.array(to_numpy(v)) for k, v in self.momentum_buffers.items()}}
+                "momentum": {k: np.array(to_numpy(v)) for k, v in self.momentum_buffers.items()},
+                "adam": {k: {"step": st["step"], "m": np.array(to_numpy(st["m"])),
+                             "v": np.array(to_numpy(st["v"]))}
+                         for k, st in self.adam_state.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` saved; buffers move to each parameter's back-end."""
@@ -232,3 +280,11 @@ class Optimizer:
             p = self._owner[pname].params[pname]
             xp = get_array_module(p)
             self.momentum_buffers[pname] = xp.array(buf, dtype=p.dtype)
+        self.adam_state = {}
+        for pname, st in state.get("adam", {}).items():
+            if pname not in self._owner:
+                raise KeyError(f"state_dict has Adam moments for unknown parameter {pname!r}")
+            p = self._owner[pname].params[pname]
+            xp = get_array_module(p)
+            self.adam_state[pname] = {"step": int(st["step"]), "m": xp.array(st["m"], dtype=p.dtype),
+                                      "v": xp.array(st["v"], dtype=p.dtype)}

@@ -35,6 +35,7 @@ BASE_DEFAULTS = dict(
     momentum_feedback=0.0, weight_decay_forward=0.0, weight_decay_feedback=0.0,
     clip_forward=1.0, clip_feedback=1.0, centralize=False, warmup=0, cosine_tmax=0,
     eta_min=1e-3, activation="elu", bias=False, augment=False, diagnostics=False,
+    optimizer="sgd",
 )
 
 
@@ -53,6 +54,7 @@ class TrainConfig:
     limit_train / limit_test: keep only the first n (shuffled) examples, for quick runs
     diagnostics: call the rule's ``diagnostics`` on a held-out batch after every epoch
     rule_options: keyword arguments of the rule's constructor (its ``OPTIONS``)
+    optimizer: 'sgd' (default) | 'adam' (torch.optim.Adam semantics, see ccledu.optim)
     """
     rule: str = "bp"
     model: str = "mlp"
@@ -72,6 +74,7 @@ class TrainConfig:
     warmup: int | None = None
     cosine_tmax: int | None = None
     eta_min: float | None = None
+    optimizer: str | None = None
     activation: str | None = None
     bias: bool | None = None
     augment: bool | None = None
@@ -289,7 +292,7 @@ def fit(model, rule, optimizer, train, val, *, epochs: int, batch_size: int, see
 
 
 def build_optimizer(config: TrainConfig, model, rule):
-    """Two SGD groups (forward, feedback when the rule has one) with their own settings."""
+    """Two SGD (or Adam) groups (forward, feedback when the rule has one) with their own settings."""
     from .optim import Optimizer, ParamGroup
 
     groups = []
@@ -299,7 +302,8 @@ def build_optimizer(config: TrainConfig, model, rule):
             name, params, lr=getattr(config, f"lr_{suffix}"),
             momentum=getattr(config, f"momentum_{suffix}"),
             weight_decay=getattr(config, f"weight_decay_{suffix}"),
-            clip=getattr(config, f"clip_{suffix}") or 0.0, centralize=bool(config.centralize)))
+            clip=getattr(config, f"clip_{suffix}") or 0.0, centralize=bool(config.centralize),
+            optimizer=config.optimizer or "sgd"))
     return Optimizer(groups, warmup=config.warmup or 0, cosine_tmax=config.cosine_tmax or 0,
                      eta_min=config.eta_min)
 

@@ -34,6 +34,8 @@ CASES = [
     (MLP_SPEC, "tanh", {"goodness": "mean", "theta": 0.5}),
     (CNN_SPEC, "elu", {}),
     (CNN_SPEC, "relu", {"goodness": "mean", "theta": 0.3, "label_value": 1.5}),
+    (MLP_SPEC, "relu", {"loss": "margin", "alpha": 2.0}),
+    (CNN_SPEC, "elu", {"loss": "margin", "goodness": "mean"}),
 ]
 
 
@@ -56,9 +58,10 @@ def test_every_block_gradient_matches_finite_differences_of_its_own_loss(spec, a
         assert err < 1e-6, f"block {l}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("loss", ["threshold", "margin"])
 @pytest.mark.parametrize("spec", [MLP_SPEC, CNN_SPEC])
-def test_loss_terms_match_layer_losses(spec):
-    model, rule, x, y = _setup(spec)
+def test_loss_terms_match_layer_losses(spec, loss):
+    model, rule, x, y = _setup(spec, loss=loss)
     y_neg = rule.negatives(y, model.num_classes)
     res = rule.local_step(model, x, y, y_neg)
     losses = rule.layer_losses(model, x, y, y_neg)
@@ -224,6 +227,24 @@ def test_predict_evaluate_and_diagnostics():
         assert d[f"goodness_pos/{l}"] == pytest.approx(G[l, np.arange(8), y].mean())
         assert 0 <= d[f"layer_accuracy/{l}"] <= 1
     assert d["accuracy_goodness"] == pytest.approx(int(correct) / 8)
+
+
+def test_margin_loss_evaluate_is_the_expected_step_loss():
+    model, _, x, y = _setup(MLP_SPEC, n=8)
+    _boost(model)
+    rule = FF(loss="margin", alpha=1.5).setup(model)
+    loss, _ = rule.evaluate(model, x, y)
+    per_offset = [sum(float(v) for v in rule.layer_losses(model, x, y, (y + k) % 10))
+                  for k in range(1, 10)]
+    assert float(loss) / 8 == pytest.approx(np.mean(per_offset), rel=1e-10)
+    # the margin loss of one block, by hand
+    hs = rule.run_hidden(model, np.concatenate([rule.overlay(x, np.eye(10)[y]),
+                                                rule.overlay(x, np.eye(10)[(y + 3) % 10])]))
+    g = (hs[0] ** 2).sum(axis=1)
+    by_hand = np.mean(np.log1p(np.exp(-1.5 * (g[:8] - g[8:]))))
+    assert float(rule.layer_losses(model, x, y, (y + 3) % 10)[0]) == pytest.approx(by_hand, rel=1e-12)
+    with pytest.raises(ValueError):
+        FF(loss="hinge")
 
 
 def test_registry_options_presets_and_config():

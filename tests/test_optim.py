@@ -210,3 +210,117 @@ def test_matches_torch_sgd_clip_and_cosine():
                                        rtol=1e-10, atol=1e-12)
         assert opt.lrs["fwd"] == pytest.approx(topt.param_groups[0]["lr"], rel=1e-10)
         assert opt.lrs["fb"] == pytest.approx(topt.param_groups[1]["lr"], rel=1e-10)
+
+
+def test_adam_hand_computed_two_steps():
+    # torch.optim.Adam, written out: g <- g + wd p; m, v moving averages; bias-corrected step.
+    p = {"W": np.array([[1.0, -2.0], [0.5, 3.0]])}
+    g1 = np.array([[0.2, 0.1], [-0.3, 0.4]])
+    g2 = np.array([[-0.1, 0.5], [0.2, 0.0]])
+    lr, b1, b2, eps, wd = 0.01, 0.8, 0.99, 1e-8, 0.1
+    opt = Optimizer([ParamGroup("f", p, lr=lr, momentum=0.9, weight_decay=wd, optimizer="adam",
+                                betas=(b1, b2), eps=eps)])
+    W = p["W"].copy()
+    m = np.zeros_like(W)
+    v = np.zeros_like(W)
+    for k, g in enumerate((g1, g2), start=1):
+        d = g + wd * W
+        m = b1 * m + (1 - b1) * d
+        v = b2 * v + (1 - b2) * d * d
+        mhat = m / (1 - b1 ** k)
+        vhat = v / (1 - b2 ** k)
+        W = W - lr * mhat / (np.sqrt(vhat) + eps)     # = torch's (lr/bc1) m / (√v/√bc2 + eps)
+        opt.step({"W": g})
+        np.testing.assert_allclose(p["W"], W, rtol=1e-12)
+    # first step of Adam moves every entry by lr·sign(d) (up to eps): |m̂/√v̂| = 1
+    q = {"W": np.zeros(3)}
+    Optimizer([ParamGroup("a", q, lr=0.5, optimizer="adam")]).step({"W": np.array([2.0, -3.0, 1e-3])})
+    np.testing.assert_allclose(q["W"], [-0.5, 0.5, -0.5], rtol=1e-4)
+    assert opt.adam_state["W"]["step"] == 2
+    assert not opt.momentum_buffers                   # momentum is not used by Adam
+
+
+def test_adam_eps_outside_the_bias_corrected_root():
+    # p <- p - (lr/(1 - b1^k)) m / (sqrt(v)/sqrt(1 - b2^k) + eps): with a tiny gradient the eps
+    # term dominates, so its placement is visible.
+    p = {"W": np.zeros(1)}
+    lr, b1, b2, eps = 1.0, 0.9, 0.999, 1e-3
+    opt = Optimizer([ParamGroup("a", p, lr=lr, optimizer="adam", betas=(b1, b2), eps=eps)])
+    g = 1e-3
+    opt.step({"W": np.array([g])})
+    m, v = (1 - b1) * g, (1 - b2) * g * g
+    expected = -(lr / (1 - b1)) * m / (np.sqrt(v) / np.sqrt(1 - b2) + eps)
+    np.testing.assert_allclose(p["W"], [expected], rtol=1e-12)
+    assert expected == pytest.approx(-0.5, rel=1e-12)
+
+
+def test_adam_rejects_bad_settings():
+    with pytest.raises(ValueError, match="optimizer must be"):
+        ParamGroup("a", {"W": np.ones(1)}, lr=1.0, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="betas"):
+        ParamGroup("a", {"W": np.ones(1)}, lr=1.0, optimizer="adam", betas=(1.0, 0.9))
+
+
+def test_adam_state_dict_round_trip():
+    def make():
+        p = {"W": np.array([[1.0, 2.0]]), "b": np.array([0.5])}
+        return p, Optimizer([ParamGroup("g", p, lr=0.05, weight_decay=0.1, optimizer="adam")])
+    g = {"W": np.array([[0.3, -0.2]]), "b": np.array([0.7])}
+    p1, o1 = make()
+    o1.step(g)
+    o1.step({"W": g["W"]})                 # b has taken one step, W two
+    p2, o2 = make()
+    for k in p2:
+        p2[k][...] = p1[k]
+    o2.load_state_dict(o1.state_dict())
+    assert o2.adam_state["b"]["step"] == 1 and o2.adam_state["W"]["step"] == 2
+    o1.step(g)
+    o2.step(g)
+    for k in p1:
+        np.testing.assert_array_equal(p1[k], p2[k])
+
+
+def test_matches_torch_adam_warmup_centralize_clip_and_cosine():
+    torch = pytest.importorskip("torch")
+    r = np.random.default_rng(5)
+    shapes_f = {"W1": (5, 4), "b1": (5,), "W2": (3, 5)}
+    shapes_b = {"V1": (4, 5)}
+    init = {k: r.normal(size=s) for k, s in {**shapes_f, **shapes_b}.items()}
+    grads = [{k: r.normal(size=v.shape) * 2.0 for k, v in init.items()} for _ in range(3)]
+    grads[1].pop("b1")                       # b1 skips a step: its own step count lags
+    cfg_f = dict(lr=0.01, weight_decay=1e-2, betas=(0.9, 0.999), eps=1e-8)
+    cfg_b = dict(lr=0.003, weight_decay=0.0, betas=(0.8, 0.99), eps=1e-6)
+    clip_f, warmup, tmax, eta_min = 0.5, 2, 4, 1e-4
+
+    ours_f = {k: init[k].copy() for k in shapes_f}
+    ours_b = {k: init[k].copy() for k in shapes_b}
+    opt = Optimizer([ParamGroup("fwd", ours_f, clip=clip_f, centralize=True, optimizer="adam",
+                                **cfg_f),
+                     ParamGroup("fb", ours_b, optimizer="adam", **cfg_b)],
+                    warmup=warmup, cosine_tmax=tmax, eta_min=eta_min)
+
+    tp = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in init.items()}
+    tf = [tp[k] for k in shapes_f]
+    tb = [tp[k] for k in shapes_b]
+    topt = torch.optim.Adam([dict(params=tf, **cfg_f), dict(params=tb, **cfg_b)])
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(topt, T_max=tmax, eta_min=eta_min)
+
+    for t, g in enumerate(grads):
+        opt.step(g)
+        factor = (t + 1) / warmup if t < warmup else 1.0
+        for k in init:
+            if k not in g:
+                tp[k].grad = None
+                continue
+            gt = torch.tensor(g[k], dtype=torch.float64) * factor
+            if gt.ndim > 1 and k in shapes_f:
+                gt = gt - gt.mean(dim=tuple(range(1, gt.ndim)), keepdim=True)
+            tp[k].grad = gt
+        torch.nn.utils.clip_grad_norm_([q for q in tf if q.grad is not None], clip_f)
+        topt.step()
+        sched.step()
+        opt.end_epoch()
+        for k in init:
+            np.testing.assert_allclose({**ours_f, **ours_b}[k], tp[k].detach().numpy(),
+                                       rtol=1e-10, atol=1e-12)
+        assert opt.lrs["fwd"] == pytest.approx(topt.param_groups[0]["lr"], rel=1e-10)

@@ -144,6 +144,9 @@ class FF(Rule):
                                     "each sample's own maximum input value"),
         "negatives": (str, "uniform", "wrong labels drawn 'uniform'ly, or 'hard': in proportion "
                                       "to the softmax head's probabilities"),
+        "loss": (str, "threshold", "'threshold': softplus(θ − g⁺) + softplus(g⁻ − θ); 'margin': "
+                                   "softplus(−α (g⁺ − g⁻)), the pair's goodness difference"),
+        "alpha": (float, 4.0, "scale α of the goodness difference in loss='margin'"),
         "cnn_overlay": (str, "grating", "label on image inputs: 'grating' (a class-specific "
                                         "grating added over the whole image) or 'row' (first C "
                                         "pixels of row 0 of every channel replaced)"),
@@ -152,7 +155,13 @@ class FF(Rule):
 
     def __init__(self, theta: float = 2.0, goodness: str = "sum", predict: str = "goodness",
                  ff_layers: str = "all", label_value: float = 0.0, negatives: str = "uniform",
-                 cnn_overlay: str = "grating"):
+                 cnn_overlay: str = "grating", loss: str = "threshold", alpha: float = 4.0):
+        if loss not in ("threshold", "margin"):
+            raise ValueError(f"loss must be 'threshold' or 'margin', got {loss!r}")
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha!r}")
+        self.loss = loss
+        self.alpha = float(alpha)
         if goodness not in ("sum", "mean"):
             raise ValueError(f"goodness must be 'sum' or 'mean', got {goodness!r}")
         if predict not in ("goodness", "softmax"):
@@ -187,7 +196,9 @@ class FF(Rule):
         return {
             "rule": self.name,
             "variant": "supervised, label overlay, one logistic loss per hidden block",
-            "loss": "L_l = mean_n[softplus(theta - g_l(x+)) + softplus(g_l(x-) - theta)]",
+            "loss": ("L_l = mean_n[softplus(theta - g_l(x+)) + softplus(g_l(x-) - theta)]"
+                     if self.loss == "threshold" else
+                     f"L_l = mean_n softplus(-alpha (g_l(x+) - g_l(x-))), alpha = {self.alpha}"),
             "goodness": self.goodness,
             "theta": self.theta,
             "normalisation": "u_l = a_{l-1} / (||a_{l-1}|| + 1e-8) per sample, all features",
@@ -367,12 +378,10 @@ class FF(Rule):
         for l, block in enumerate(self.hidden_blocks(model)):
             h = block.forward(length_normalise(a))
             g = self.goodness_of(h)
-            t = sign * (self.theta - g)           # positive: θ − g⁺, negative: g⁻ − θ
-            loss = softplus(t).sum() / N
+            loss, dg = self.pair_loss(g, sign, N)
             terms[f"ff/{l}"] = loss
             total = loss if total is None else total + loss
             if l in active:
-                dg = -sign * sigmoid(t) / N       # ∂L/∂g
                 scale = 2.0 if self.goodness == "sum" else 2.0 / int(np.prod(h.shape[1:]))
                 dh = (scale * dg).reshape((-1,) + (1,) * (h.ndim - 1)) * h
             else:
@@ -383,6 +392,19 @@ class FF(Rule):
         total = ce if total is None else total + ce
         return StepResult(loss=total, grads=model.gradients(), terms=terms, logits=logits)
 
+    def pair_loss(self, g, sign, N):
+        """(L_l, ∂L_l/∂g) for the goodness g (2N,) of [positives; negatives] (sign ±1).
+
+        threshold: t = sign·(θ − g), L = Σ softplus(t)/N, ∂L/∂g = −sign·σ(t)/N.
+        margin:    d = g⁺ − g⁻, L = Σ softplus(−α d)/N, ∂L/∂g⁺ = −α σ(−α d)/N = −∂L/∂g⁻."""
+        xp = get_array_module(g)
+        if self.loss == "margin":
+            t = -self.alpha * (g[:N] - g[N:])
+            s = self.alpha * sigmoid(t) / N
+            return softplus(t).sum() / N, xp.concatenate([-s, s])
+        t = sign * (self.theta - g)               # positive: θ − g⁺, negative: g⁻ − θ
+        return softplus(t).sum() / N, -sign * sigmoid(t) / N
+
     def layer_losses(self, model, x, y, y_neg) -> list:
         """[L_0, …, L_{L-2}, CE_head] as 0-d arrays (forward only; for finite differences)."""
         xp = get_array_module(x)
@@ -390,8 +412,7 @@ class FF(Rule):
         xin = xp.concatenate([self.overlay(x, self.one_hot(y, C, x)),
                               self.overlay(x, self.one_hot(y_neg, C, x))], axis=0)
         sign = xp.concatenate([xp.ones(N, dtype=x.dtype), -xp.ones(N, dtype=x.dtype)])
-        out = [softplus(sign * (self.theta - self.goodness_of(h))).sum() / N
-               for h in self.run_hidden(model, xin)]
+        out = [self.pair_loss(self.goodness_of(h), sign, N)[0] for h in self.run_hidden(model, xin)]
         out.append(cross_entropy(self.head_logits(model, x), y, grad=False))
         return out
 
@@ -420,6 +441,10 @@ class FF(Rule):
         xp = get_array_module(G)
         _, N, C = G.shape
         Y = (y[:, None] == xp.arange(C)[None, :])
+        if self.loss == "margin":
+            gy = xp.take_along_axis(G, y.reshape(1, -1, 1).astype(xp.int64), axis=2)  # (L-1, N, 1)
+            per = xp.where(Y[None], 0, softplus(-self.alpha * (gy - G)) / (C - 1))
+            return per.sum(axis=(0, 2))
         pos = softplus(self.theta - G)           # (L-1, N, C)
         neg = softplus(G - self.theta)
         per = xp.where(Y[None], pos, neg / (C - 1))
