@@ -1,0 +1,83 @@
+"""Grading tests for chapter 11 (validating an implementation): ``pytest -m ch11``.
+
+``check.trace_compare`` (Task 11.1) against an oracle written element by element in Python
+floats, and the check's reference against what ``verify_trace`` reports on real trace files.
+"""
+import math
+
+import numpy as np
+import pytest
+
+from ccledu import check
+
+
+def oracle_compare(theirs, ours, rtol, atol):
+    rows = []
+    for name in ours:
+        if name not in theirs:
+            continue
+        a, b = np.asarray(theirs[name], dtype=np.float64), np.asarray(ours[name], dtype=np.float64)
+        if a.shape != b.shape:
+            rows.append((name, math.inf, math.inf, False))
+            continue
+        max_abs = max_rel = 0.0
+        ok = True
+        for ai, bi in zip(a.ravel().tolist(), b.ravel().tolist()):
+            d = abs(ai - bi)
+            max_abs = max(max_abs, d)
+            max_rel = max(max_rel, d / max(abs(bi), atol / rtol))
+            ok = ok and d <= atol + rtol * abs(bi)
+        rows.append((name, max_abs, max_rel, ok))
+    first = next((r[0] for r in rows if not r[3]), None)
+    return rows, first
+
+
+@pytest.mark.ch11
+def test_reference_matches_elementwise_oracle():
+    assert check.trace_compare(check._ref_trace_compare, reference=oracle_compare, verbose=False) >= 6
+
+
+@pytest.mark.ch11
+def test_wrong_comparisons_are_caught():
+    def rel_to_theirs(theirs, ours, rtol, atol):
+        return oracle_compare(ours, {k: theirs[k] for k in ours if k in theirs}, rtol, atol)
+
+    def order_of_theirs(theirs, ours, rtol, atol):
+        return oracle_compare(theirs, {k: ours[k] for k in theirs if k in ours}, rtol, atol)
+
+    def no_atol_floor(theirs, ours, rtol, atol):
+        rows, first = oracle_compare(theirs, ours, rtol, 0.0)
+        return rows, first
+
+    for wrong in (rel_to_theirs, order_of_theirs, no_atol_floor):
+        with pytest.raises(AssertionError):
+            check.trace_compare(wrong, verbose=False)
+
+
+@pytest.mark.ch11
+@pytest.mark.parametrize("rule,spec", [("ccl", "mlp:12-10-8-5"), ("bp", "cnn:2x6x6-c3-4"),
+                                       ("ff", "mlp:16-8-3")])
+def test_reference_agrees_with_verify_trace(tmp_path, rule, spec):
+    from ccledu.trace import read_trace, rebuild, run_step, verify_trace, write_trace
+
+    path = tmp_path / "t.npz"
+    write_trace(path, rule=rule, model_spec=spec, batch_size=4, seed=2, dtype="float64")
+    meta, arrays = read_trace(path)
+    key = next(k for k in arrays if k.startswith("grad/"))
+    arrays[key] = arrays[key] * (1 + 1e-4)
+    np.savez(path, meta=np.array(__import__("json").dumps(meta)), **arrays)
+    report = verify_trace(path)
+
+    meta, arrays = read_trace(path)
+    model, r = rebuild(meta)
+    model.load_parameters({k[6:]: v for k, v in arrays.items() if k.startswith("param/forward.")})
+    own = dict(r.parameters())
+    own.update(r.buffers())
+    for k, v in arrays.items():
+        if k.startswith("param/") and k[6:] in own:
+            own[k[6:]][...] = v
+    _, ours = run_step(model, r, arrays["x"], arrays["y"], meta["optimizer"],
+                       negative_labels=arrays.get("input/negative_labels"))
+    rows, first = check._ref_trace_compare(arrays, ours, report.rtol, report.atol)
+    assert [tuple(x) for x in report] == rows
+    assert first == key == report[report.first_mismatch].tensor
