@@ -8,7 +8,8 @@ Setting resolution, lowest priority first:
 
 1. the project's defaults (the public CCL MLP configuration: batch 256, SGD lr 1, momentum 0,
    no weight decay, global-norm clip 1 per group, no warm-up, no cosine schedule, 100 epochs);
-2. the rule's ``defaults(kind, data)`` (e.g. CCL's CNN configuration on CIFAR);
+2. the rule's ``defaults(kind, data)`` (e.g. CCL's CNN configuration on CIFAR); a "model" there
+   replaces a plain ``model="mlp"``/``"cnn"`` (e.g. FF's 2 × 500 MLP on MNIST);
 3. the rule's ``PRESETS[preset]`` when ``preset`` names one (e.g. ``ff`` ``paper``);
 4. every field the caller set explicitly (anything not ``None``).
 """
@@ -106,7 +107,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
     config = dataclasses.replace(config, data=_lookup(config.data).name)  # validates the name
     kind = parse_spec(config.model, config.data)[0]
     merged = dict(BASE_DEFAULTS)
-    merged.update(cls.defaults(kind, config.data) if hasattr(cls, "defaults") else {})
+    rule_defaults = cls.defaults(kind, config.data) if hasattr(cls, "defaults") else {}
+    merged.update(rule_defaults)
     presets = getattr(cls, "PRESETS", {}) or {}
     if config.preset not in (None, "paper", "default") and config.preset not in presets:
         raise ValueError(f"rule {config.rule!r} has no preset {config.preset!r}; "
@@ -125,6 +127,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
         out[f.name] = v if v is not None else merged.get(f.name)
     if "model" in preset and config.model in ("mlp", "cnn"):
         out["model"] = preset["model"]
+    elif "model" in rule_defaults and config.model == kind:
+        out["model"] = rule_defaults["model"]      # plain "mlp"/"cnn": the rule's own default
     out["rule_options"] = rule_options
     return TrainConfig(**out)
 

@@ -1,5 +1,6 @@
 """ccledu.rules.ff: local gradients against finite differences, detachment between blocks,
 negative labels, reproducibility, and (slow) learning on MNIST."""
+import dataclasses
 import time
 
 import numpy as np
@@ -269,11 +270,26 @@ def test_registry_options_presets_and_config():
 
 def test_trainer_resolves_the_presets():
     train = pytest.importorskip("ccledu.train")
+    # the CPU default: a plain --model mlp on MNIST gets the whole "cpu" preset
+    plain = train.resolve(train.TrainConfig(rule="ff", model="mlp", data="mnist"))
+    cpu = train.resolve(train.TrainConfig(rule="ff", model="mlp", data="mnist", preset="cpu"))
+    assert plain == dataclasses.replace(cpu, preset=None)
+    assert plain.model == "mlp:784-500-500-10" and plain.rule_options["loss"] == "margin"
+    assert plain.epochs == FF.PRESETS["cpu"]["epochs"] and plain.optimizer == "sgd"
+    # an explicit spec, an explicit setting and other models keep theirs
+    own = train.resolve(train.TrainConfig(rule="ff", model="mlp:784-100-10", data="mnist",
+                                          epochs=2, optimizer="adam"))
+    assert own.model == "mlp:784-100-10" and own.epochs == 2 and own.optimizer == "adam"
+    cnn = train.resolve(train.TrainConfig(rule="ff", model="cnn", data="mnist"))
+    assert cnn.model == "cnn" and cnn.activation == "relu" and cnn.rule_options == {}
+    bp = train.resolve(train.TrainConfig(rule="bp", model="mlp", data="mnist"))
+    assert bp.model == "mlp" and bp.optimizer == "sgd"
     cfg = train.resolve(train.TrainConfig(rule="ff", preset="cpu", model="mlp"))
     assert cfg.model == "mlp:784-500-500-10" and cfg.activation == "relu"
     assert cfg.clip_forward == 0.0 and cfg.diagnostics
     assert cfg.rule_options["goodness"] == "sum"
     cfg = train.resolve(train.TrainConfig(rule="ff", preset="paper", model="mlp"))
+    assert cfg.rule_options["loss"] == "threshold" and cfg.rule_options["theta"] == 2.0
     assert cfg.model == "mlp:784-2000-2000-2000-2000-10" and cfg.epochs == 60
     assert cfg.rule_options["ff_layers"] == "skip_first"
 
