@@ -136,10 +136,12 @@ def normalize_maps_backward(g, y, r, eps: float = NORM_EPS):
     there), then the centring's backward subtracts the spatial mean.
     """
     xp = get_array_module(g, y)
+    ### BEGIN SOLUTION  Task 7.2: backward of the per-map centring and normalisation (normalize_maps_backward)
     yg = (y * g).sum(axis=(2, 3), keepdims=True)
     safe_r = xp.where(r > 0, r, 1)
     dy = g / (r + eps) - y * (yg / (safe_r * (r + eps) ** 2))
     return dy - dy.mean(axis=(2, 3), keepdims=True)
+    ### END SOLUTION
 
 
 def pair_mse(A, B, scale: float):

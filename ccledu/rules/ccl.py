@@ -114,11 +114,13 @@ def match_loss(A, S, Y, coef: float):
     With G = 2·coef/(N·C) · (A Sᵀ − Y):   ∂L/∂A = G S  (N, d),   ∂L/∂S = Gᵀ A  (C, d).
     Returns (value, dA, dS).
     """
+    ### BEGIN SOLUTION  Task 5.2: CCL matching loss coef·mean((A Sᵀ − Y)²) and its gradients (match_loss)
     N, C = Y.shape
     R = A @ S.T - Y                        # residual (N, C)
     value = coef * (R * R).mean()
     G = (2.0 * coef / (N * C)) * R
     return value, G @ S, G.T @ A
+    ### END SOLUTION
 
 
 def gram_loss(X, coef: float):
@@ -129,9 +131,11 @@ def gram_loss(X, coef: float):
     """
     xp = get_array_module(X)
     n = X.shape[0]
+    ### BEGIN SOLUTION  Task 6.4: self-similarity loss coef·mean((X Xᵀ − I)²) and its gradient (gram_loss)
     M = X @ X.T - xp.eye(n, dtype=X.dtype)
     value = coef * (M * M).mean()
     return value, (4.0 * coef / (n * n)) * (M @ X)
+    ### END SOLUTION
 
 
 def normalize_rows(X, eps: float = NORM_EPS):
@@ -149,8 +153,10 @@ def normalize_rows_backward(dU, U, r, eps: float = NORM_EPS):
     A zero row (r = 0, u = 0) has ∂L/∂x = g/ε: the second term vanishes there.
     """
     xp = get_array_module(dU)
+    ### BEGIN SOLUTION  Task 6.3: backward of the row normalisation x/(‖x‖ + ε) (normalize_rows_backward)
     r_safe = xp.where(r > 0, r, 1)
     return dU / (r + eps) - U * ((U * dU).sum(axis=1, keepdims=True) / r_safe)
+    ### END SOLUTION
 
 
 def flood_mask(logits, y, flood: float):
