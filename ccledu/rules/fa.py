@@ -17,10 +17,11 @@ once in :meth:`FA.setup` and never trained. With B_l = W_l the rule *is* backpro
 
 Scale of B: B_l ~ U(−s/√fan_in, s/√fan_in), fan_in = in·kh·kw, the same law as PyTorch's
 default initialisation of W_l (s = ``feedback_scale``, default 1). At initialisation B_l and
-W_l then have the same statistics, so the FA error has the size BP's error would have; with
-the global-norm clipping of the optimiser the overall scale matters little, the relative scale
-between layers does. The draw uses the generator ``default_rng([seed, 0xFA])``, so B is
-independent of forward weights built from the same seed.
+W_l then have the same statistics, so the FA error has the size BP's error would have. The
+error arriving at block l scales like s^(L−1−l): on the paper MLP s = 1.5 already makes the
+hidden activations grow and MNIST accuracy drop, s = 0.7 starves the lower layers.
+The draw uses the generator ``default_rng([seed, 0xFA])``, so B is independent of forward
+weights built from the same seed.
 """
 from __future__ import annotations
 
@@ -32,9 +33,14 @@ from ..backend import asarray, get_array_module, is_cupy_array, rng as make_rng
 from ..losses import cross_entropy
 from .base import Rule, StepResult
 
-#: Training-config overrides. The paper-like defaults (batch 256, SGD lr 1, momentum 0, clip 1)
-#: already train FA well (MNIST MLP: about 96 % after 2 epochs), so nothing is changed.
-_DEFAULTS: dict = {}
+#: Training-config overrides (TrainConfig field names). The paper-like defaults (batch 256,
+#: SGD lr 1, momentum 0, clip 1) give only ~82 % on MNIST after 2 epochs with the paper MLP:
+#: the hidden layers' FA updates make their activations grow, the classifier's effective step
+#: grows with them and oscillates. Smaller batches with a smaller, momentum-smoothed step,
+#: plus gradient centralization (which removes the mean-input drift that drives that growth),
+#: reach 93.2 % test after 2 epochs (seed 0; sweep of batch 16-256, lr 0.01-3, momentum 0-0.95).
+_DEFAULTS: dict = {"batch_size": 32, "lr_forward": 0.03, "momentum_forward": 0.9,
+                   "centralize": True}
 
 
 def _device_array(host, like, dtype):
@@ -57,7 +63,7 @@ class FA(Rule):
 
     @classmethod
     def defaults(cls, kind: str, data: str | None = None) -> dict:
-        """Training-config overrides for FA (none: the paper-like defaults suit it)."""
+        """Training-config overrides for FA (see ``_DEFAULTS``), the same for every model kind."""
         return dict(_DEFAULTS)
 
     def setup(self, model, seed=0):
