@@ -688,7 +688,7 @@ def train_autoencoder(rule: str = "ccl", data: str = "mnist", epochs: int | None
     from . import __version__
     from .data import batches
     from .optim import Optimizer, ParamGroup
-    from .train import DivergenceError
+    from .train import DivergenceError, _json_default
 
     config = AEConfig(rule=rule, data=data, epochs=epochs, batch_size=batch_size, seed=seed,
                       out=None if out is None else str(out), **settings).resolved()
@@ -782,13 +782,6 @@ def train_autoencoder(rule: str = "ccl", data: str = "mnist", epochs: int | None
     metrics["_model"] = model
     return metrics
 
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """Checks for chapter 7 (counter-current learning as an autoencoder)."""
 from __future__ import annotations
 
-import numpy as np
 
 from . import Case, _rng, _run_cases, register
 

@@ -91,3 +91,30 @@ class Rule:
     def config(self) -> dict:
         """Settings that define the rule (recorded in metrics.json and traces)."""
         return {"rule": self.name}
+
+
+class FixedFeedbackRule(Rule):
+    """A rule that owns fixed, never-trained random matrices (FA's B_l, DFA's D_l), kept in
+    ``self.fixed`` as {``fixed.<l>.weight``: array}. ``feedback_scale`` scales their draw."""
+
+    def __init__(self, feedback_scale: float = 1.0):
+        if not feedback_scale > 0:
+            raise ValueError(f"feedback_scale must be > 0, got {feedback_scale}")
+        self.feedback_scale = float(feedback_scale)
+        self.fixed: dict = {}
+
+    def buffers(self) -> dict:
+        """{``fixed.<l>.weight``: matrix} (the live arrays)."""
+        return dict(self.fixed)
+
+    def set_feedback(self, arrays: dict) -> None:
+        """Overwrite some fixed matrices in place, e.g. ``{"fixed.1.weight": W_1}`` (tests set
+        B = W to recover backprop)."""
+        for name, value in arrays.items():
+            if name not in self.fixed:
+                raise KeyError(f"unknown feedback matrix {name!r}; {self.name.upper()} holds "
+                               f"{sorted(self.fixed)}")
+            M = self.fixed[name]
+            if tuple(value.shape) != tuple(M.shape):
+                raise ValueError(f"{name}: shape {tuple(value.shape)} does not match {tuple(M.shape)}")
+            M[...] = get_array_module(M).asarray(value, dtype=M.dtype)

@@ -58,8 +58,6 @@ constant of the loss (kept so the loss value equals the public code's).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..backend import asarray, get_array_module, is_cupy_array, rng as make_rng

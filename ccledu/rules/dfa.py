@@ -30,9 +30,9 @@ import math
 
 import numpy as np
 
-from ..backend import asarray, get_array_module, is_cupy_array, rng as make_rng
+from ..backend import asarray, is_cupy_array, rng as make_rng
 from ..losses import cross_entropy
-from .base import Rule, StepResult
+from .base import FixedFeedbackRule, StepResult
 
 #: Training-config overrides (TrainConfig field names). With the paper-like defaults (batch 256,
 #: SGD lr 1, momentum 0, clip 1) DFA reaches ~85-90 % on MNIST after 2 epochs (depending on
@@ -42,7 +42,7 @@ _DEFAULTS: dict = {"batch_size": 128, "lr_forward": 0.2, "momentum_forward": 0.5
                    "centralize": True}
 
 
-class DFA(Rule):
+class DFA(FixedFeedbackRule):
     """Direct feedback alignment. ``setup`` draws D_0..D_{L-2}; ``step`` injects e D_lᵀ into a_l."""
     name = "dfa"
     OPTIONS = {
@@ -50,10 +50,7 @@ class DFA(Rule):
     }
 
     def __init__(self, feedback_scale: float = 0.3):
-        if not feedback_scale > 0:
-            raise ValueError(f"feedback_scale must be > 0, got {feedback_scale}")
-        self.feedback_scale = float(feedback_scale)
-        self.fixed: dict = {}
+        super().__init__(feedback_scale)
 
     @classmethod
     def defaults(cls, kind: str, data: str | None = None) -> dict:
@@ -72,20 +69,6 @@ class DFA(Rule):
             host = g.uniform(-bound, bound, size=(size, C))
             self.fixed[f"fixed.{l}.weight"] = asarray(host, dtype=model.dtype, backend=backend)
         return self
-
-    def buffers(self) -> dict:
-        """{``fixed.<l>.weight``: D_l} for every hidden block l = 0..L−2 (the live arrays)."""
-        return dict(self.fixed)
-
-    def set_feedback(self, arrays: dict) -> None:
-        """Overwrite some D_l in place, e.g. ``{"fixed.0.weight": W_1.T}``."""
-        for name, value in arrays.items():
-            if name not in self.fixed:
-                raise KeyError(f"unknown feedback matrix {name!r}; DFA holds {sorted(self.fixed)}")
-            D = self.fixed[name]
-            if tuple(value.shape) != tuple(D.shape):
-                raise ValueError(f"{name}: shape {tuple(value.shape)} does not match {tuple(D.shape)}")
-            D[...] = get_array_module(D).asarray(value, dtype=D.dtype)
 
     def step(self, model, x, y) -> StepResult:
         """x (N, *input_shape), y (N,) int -> gradients of every ``forward.<l>.*``."""

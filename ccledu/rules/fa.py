@@ -29,9 +29,9 @@ import math
 
 import numpy as np
 
-from ..backend import asarray, get_array_module, is_cupy_array, rng as make_rng
+from ..backend import asarray, is_cupy_array, rng as make_rng
 from ..losses import cross_entropy
-from .base import Rule, StepResult
+from .base import FixedFeedbackRule, StepResult
 
 #: Training-config overrides (TrainConfig field names). The paper-like defaults (batch 256,
 #: SGD lr 1, momentum 0, clip 1) give only ~82 % on MNIST after 2 epochs with the paper MLP:
@@ -48,7 +48,7 @@ def _device_array(host, like, dtype):
     return asarray(host, dtype=dtype, backend="cupy" if is_cupy_array(like) else "numpy")
 
 
-class FA(Rule):
+class FA(FixedFeedbackRule):
     """Feedback alignment. ``setup`` draws B_1..B_{L-1}; ``step`` is backprop with B in place of W."""
     name = "fa"
     OPTIONS = {
@@ -56,10 +56,7 @@ class FA(Rule):
     }
 
     def __init__(self, feedback_scale: float = 1.0):
-        if not feedback_scale > 0:
-            raise ValueError(f"feedback_scale must be > 0, got {feedback_scale}")
-        self.feedback_scale = float(feedback_scale)
-        self.fixed: dict = {}
+        super().__init__(feedback_scale)
 
     @classmethod
     def defaults(cls, kind: str, data: str | None = None) -> dict:
@@ -77,20 +74,6 @@ class FA(Rule):
             host = g.uniform(-bound, bound, size=tuple(W.shape))
             self.fixed[f"fixed.{l}.weight"] = _device_array(host, W, model.dtype)
         return self
-
-    def buffers(self) -> dict:
-        """{``fixed.<l>.weight``: B_l} for l = 1..L−1 (the live arrays)."""
-        return dict(self.fixed)
-
-    def set_feedback(self, arrays: dict) -> None:
-        """Overwrite some B_l in place, e.g. ``{"fixed.1.weight": W_1}`` (tests set B = W)."""
-        for name, value in arrays.items():
-            if name not in self.fixed:
-                raise KeyError(f"unknown feedback matrix {name!r}; FA holds {sorted(self.fixed)}")
-            B = self.fixed[name]
-            if tuple(value.shape) != tuple(B.shape):
-                raise ValueError(f"{name}: shape {tuple(value.shape)} does not match {tuple(B.shape)}")
-            B[...] = get_array_module(B).asarray(value, dtype=B.dtype)
 
     def feedback_weights(self, model) -> list:
         """[None, B_1, ..., B_{L-1}]: what ``Network.backward`` uses in place of each W_l."""

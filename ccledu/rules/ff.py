@@ -303,7 +303,6 @@ class FF(Rule):
                 raise ValueError(f"FF overlay needs at least {C} input features, got {x.shape[1]}")
             out[:, :C] = lab
         elif x.ndim == 4 and self.cnn_overlay == "grating":
-            xp = get_array_module(x)
             P = self.gratings(C, x.shape[2], x.shape[3], x)           # (C, H, W)
             add = (lab @ P.reshape(C, -1)).reshape(N, 1, x.shape[2], x.shape[3])
             out = out + self.grating_amplitude * add
