@@ -110,7 +110,11 @@ def cmd_report(args):
                          f"{p[0]:.2f} ± {p[1]:.2f} | {acc.mean() - p[0]:+.2f} | {spe:.1f} |")
     machine = {"platform": platform.platform(), "python": platform.python_version(),
                "cores": os.cpu_count()}
-    lines += ["", "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), "",
+    lines += ["", "s/epoch is the wall time of one epoch's training steps (`train_seconds`), on a "
+              "machine that may have been shared with other jobs; clean step timings are in "
+              "`benchmarks/results/speed_cpu.md`. 'not run' rows have no finished run yet: "
+              "`reproduce.py run` completes the grid (finished runs are kept).", "",
+              "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), "",
               "CIFAR-10/100 rows read 'not run' when the official archives were not available "
               "(no machine here reaches the CIFAR host); their configurations are the paper MLPs "
               "`mlp-cifar10` / `mlp-cifar100` and run with the same command once "
