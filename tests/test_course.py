@@ -6,6 +6,7 @@
 (c) ``pytest -m ch02`` fails in a student copy (naming the task) and passes on the reference;
 (d) the reference solutions pass the checks.
 """
+import ast
 import json
 import os
 import shutil
@@ -157,6 +158,8 @@ def reference(tmp_path_factory):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     for name in ["pyproject.toml", "README.md"]:
         shutil.copy2(ROOT / name, src / name)
+    for name in ["examples", "benchmarks"]:          # read by chapters 10 and 11
+        shutil.copytree(ROOT / name, src / name, ignore=ignore)
     (src / "data").symlink_to(ROOT / "data", target_is_directory=True)
     return src
 
@@ -211,63 +214,89 @@ def test_student_copy_has_no_solutions(reference, tmp_path):
             assert c.get("outputs", []) == [] and c.get("execution_count") is None
 
 
-NOTEBOOK_CHAPTERS = ["01_backprop", "02_convolutions"]
+#: every chapter with a notebook exercise, and every chapter with a package exercise
+NOTEBOOK_CHAPTERS = sorted({Path(t.path).stem for t in _repo_tasks() if t.path.endswith(".ipynb")})
+PACKAGE_CHAPTERS = sorted({int(t.chapter) for t in _repo_tasks() if t.path.startswith("ccledu/")})
+
+
+def _code_cells(path: Path) -> list:
+    nb = json.loads(path.read_text())
+    return ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+            for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def _imports(src: str) -> list:
+    """The top-level import statements of a cell, whole (they may span several lines)."""
+    try:
+        tree = ast.parse(src)
+    except SyntaxError:
+        return []
+    return [ast.get_source_segment(src, node) for node in tree.body
+            if isinstance(node, (ast.Import, ast.ImportFrom))]
+
+
+def test_every_chapter_is_covered():
+    assert len(NOTEBOOK_CHAPTERS) == len(list((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb")))
 
 
 @pytest.mark.parametrize("chapter", NOTEBOOK_CHAPTERS)
 def test_student_notebook_stops_at_its_first_exercise(reference, tmp_path, chapter):
     nb_tasks = [t for t in find_tasks(reference) if t.path == f"chapters/{chapter}.ipynb"]
-    assert nb_tasks, f"{chapter} has no notebook exercise"
     dst = tmp_path / "student"
     make_student(reference, dst, tasks=[t.id for t in nb_tasks])
-    first = nb_tasks[0]
     with pytest.raises(AssertionError) as info:
         execute_notebook(dst / "chapters" / f"{chapter}.ipynb", kernel_env(dst, quick=True))
     msg = str(info.value)
-    assert "NotImplementedError" in msg and first.message in msg, msg[-2000:]
+    assert "NotImplementedError" in msg and nb_tasks[0].message in msg, msg[-2000:]
+
+
+@pytest.mark.parametrize("chapter", NOTEBOOK_CHAPTERS)
+def test_reference_solutions_pass_the_checks(reference, chapter):
+    """Run the chapter's setup cell, its imports, and everything from its first exercise on,
+    in-process: the reference solutions satisfy every check cell."""
+    code = _code_cells(reference / "chapters" / f"{chapter}.ipynb")
+    graded = [i for i, src in enumerate(code) if "BEGIN SOLUTION" in src]
+    ns = {"display": lambda *a, **k: None}
+    exec(compile(code[0], f"{chapter}[setup]", "exec"), ns)
+    for src in code[1:graded[0]]:
+        for stmt in _imports(src):
+            exec(stmt, ns)
+    for i, src in enumerate(code[graded[0]:], graded[0]):
+        exec(compile(src, f"{chapter}[cell {i}]", "exec"), ns)
+
+
+@pytest.mark.parametrize("chapter", NOTEBOOK_CHAPTERS)
+def test_every_task_cell_is_followed_by_a_check_cell(chapter):
+    """nbgrader metadata: each solution cell is followed by a graded cell calling ccledu.check."""
+    cells = json.loads((ROOT / "chapters" / f"{chapter}.ipynb").read_text())["cells"]
+    for i, c in enumerate(cells):
+        if c.get("metadata", {}).get("nbgrader", {}).get("solution"):
+            nxt = next(d for d in cells[i + 1:] if d["cell_type"] == "code")
+            assert nxt["metadata"]["nbgrader"]["grade"] is True, f"{chapter} cell {i}"
+            assert "check." in "".join(nxt["source"]), f"{chapter} cell {i}"
 
 
 def _pytest_marker(repo: Path, marker: str):
     env = dict(os.environ, PYTHONPATH=str(repo), OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS", "1"))
     return subprocess.run([sys.executable, "-m", "pytest", "-m", marker, "-q", "-p", "no:cacheprovider",
-                           "tests/test_exercises.py"], cwd=repo, env=env, capture_output=True, text=True,
-                          timeout=300)
+                           "tests"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
 
 
-def test_marker_tests_fail_in_student_copy_and_pass_on_reference(reference, tmp_path):
-    ch02 = [t for t in find_tasks(reference) if t.path.startswith("ccledu/") and t.chapter == "2"]
-    assert ch02, "chapter 2 has no package exercise"
+@pytest.mark.parametrize("num", PACKAGE_CHAPTERS)
+def test_marker_tests_fail_in_student_copy_and_pass_on_reference(reference, tmp_path, num):
+    """``pytest -m chNN`` fails in a student copy, naming every package task of the chapter, and
+    passes on the reference."""
+    tasks = [t for t in find_tasks(reference) if t.path.startswith("ccledu/") and t.chapter == str(num)]
     dst = tmp_path / "student"
-    make_student(reference, dst, tasks=[t.id for t in ch02])
-    res = _pytest_marker(dst, "ch02")
+    make_student(reference, dst, tasks=[t.id for t in tasks])
+    res = _pytest_marker(dst, f"ch{num:02d}")
     out = res.stdout + res.stderr
     assert res.returncode != 0, out[-3000:]
-    assert "NotImplementedError" in out and ch02[0].message in out, out[-3000:]
-    res = _pytest_marker(reference, "ch02")
+    for t in tasks:
+        assert t.message in out, f"no test names {t.message!r}:\n{out[-3000:]}"
+    res = _pytest_marker(reference, f"ch{num:02d}")
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert " passed" in res.stdout
-
-
-def test_reference_solutions_pass_the_checks(reference):
-    """Run each chapter's setup cell and everything from its first exercise on, in-process:
-    the reference solutions satisfy every check cell."""
-    import numpy as np  # noqa: F401  (the chapters import it too)
-    for chapter in NOTEBOOK_CHAPTERS:
-        nb = json.loads((reference / "chapters" / f"{chapter}.ipynb").read_text())
-        code = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-                for c in nb["cells"] if c["cell_type"] == "code"]
-        graded = [i for i, c in enumerate(c for c in nb["cells"] if c["cell_type"] == "code")
-                  if "BEGIN SOLUTION" in code[i]]
-        assert graded, chapter
-        ns = {"display": lambda *a, **k: None}
-        exec(compile(code[0], f"{chapter}[setup]", "exec"), ns)
-        # imports made in the chapter's body that the exercises may use
-        for src in code[1:graded[0]]:
-            for line in src.splitlines():
-                if line.startswith(("from ", "import ")):
-                    exec(line, ns)
-        for i, src in enumerate(code[graded[0]:], graded[0]):
-            exec(compile(src, f"{chapter}[cell {i}]", "exec"), ns)
 
 
 def test_package_references_pass_their_own_checks():
