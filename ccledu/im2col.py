@@ -15,6 +15,14 @@ loop with ``+=`` (the adjoint map: overlapping receptive fields add up), which i
 the backward pass needs. Only slicing and reshapes are used, so the code runs unchanged on
 CuPy (no ``np.add.at`` scatter).
 
+Memory layout. The tap loop fills a buffer ordered (C, kh, kw, N, OH, OW), channel-major, and
+``im2col`` returns its transpose: ``cols`` has the documented shape and values, but it is a
+free transposed *view*, and ``cols.T`` (C*kh*kw, N*OH*OW) is contiguous. ``Conv2d`` multiplies
+that contiguous form, ``W_mat @ cols.T`` (F, N*OH*OW): one large matrix product whose rows are
+whole output channels, so turning it into (N, F, OH, OW) moves blocks of OH*OW numbers instead
+of transposing element by element. (A sample-major buffer would need a full transposing copy of
+``cols`` -- the largest array of the layer -- on every forward pass.)
+
 Output size: OH = (H + 2*pad - kh) // stride + 1, likewise OW.
 """
 from __future__ import annotations
@@ -44,6 +52,9 @@ def im2col(x, kh: int, kw: int, stride: int = 1, pad: int = 0):
     -------
     cols : array (N*OH*OW, C*kh*kw); row n*OH*OW + p*OW + q holds the field of output (p, q)
         of sample n, column c*kh*kw + i*kw + j holds xpad[n, c, p*stride + i, q*stride + j].
+        It is the transposed view of a contiguous (C*kh*kw, N*OH*OW) buffer (see the module
+        docstring): use ``cols.T`` for the contiguous form, ``xp.ascontiguousarray(cols)`` for
+        a row-major copy.
     """
     xp = get_array_module(x)
     if x.ndim != 4:
@@ -53,16 +64,17 @@ def im2col(x, kh: int, kw: int, stride: int = 1, pad: int = 0):
     ow = conv_output_size(W, kw, stride, pad)
     if pad:
         x = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    col = xp.empty((N, C, kh, kw, oh, ow), dtype=x.dtype)
+    xt = x.transpose(1, 0, 2, 3)                       # (C, N, H+2p, W+2p), a view
+    col = xp.empty((C, kh, kw, N, oh, ow), dtype=x.dtype)
     ### BEGIN SOLUTION  Task 2.3: im2col tap loop
     for i in range(kh):
         i_end = i + stride * oh
         for j in range(kw):
             j_end = j + stride * ow
-            col[:, :, i, j, :, :] = x[:, :, i:i_end:stride, j:j_end:stride]
+            col[:, i, j] = xt[:, :, i:i_end:stride, j:j_end:stride]
     ### END SOLUTION
-    # (N, OH, OW, C, kh, kw) -> one row per output position
-    return col.transpose(0, 4, 5, 1, 2, 3).reshape(N * oh * ow, C * kh * kw)
+    # rows (c, i, j) x columns (n, p, q), returned transposed: a view, no copy
+    return col.reshape(C * kh * kw, N * oh * ow).T
 
 
 def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):
@@ -84,14 +96,20 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):
     N, C, H, W = x_shape
     oh = conv_output_size(H, kh, stride, pad)
     ow = conv_output_size(W, kw, stride, pad)
-    col = cols.reshape(N, oh, ow, C, kh, kw).transpose(0, 3, 4, 5, 1, 2)
+    if cols.shape != (N * oh * ow, C * kh * kw):
+        raise ValueError(f"col2im: cols has shape {tuple(cols.shape)}, but an image {tuple(x_shape)} "
+                         f"with a {kh}x{kw} kernel, stride {stride}, pad {pad} needs "
+                         f"{(N * oh * ow, C * kh * kw)}")
+    # (C, kh, kw, N, oh, ow): free when cols is the transposed view im2col and Conv2d produce
+    col = cols.T.reshape(C, kh, kw, N, oh, ow)
     img = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
+    imgt = img.transpose(1, 0, 2, 3)                   # (C, N, H+2p, W+2p), a view of img
     ### BEGIN SOLUTION  Task 2.4: col2im tap loop
     for i in range(kh):
         i_end = i + stride * oh
         for j in range(kw):
             j_end = j + stride * ow
-            img[:, :, i:i_end:stride, j:j_end:stride] += col[:, :, i, j, :, :]
+            imgt[:, :, i:i_end:stride, j:j_end:stride] += col[:, i, j]
     ### END SOLUTION
     if pad:
         return img[:, :, pad:H + pad, pad:W + pad]

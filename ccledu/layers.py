@@ -129,6 +129,10 @@ class Conv2d(Layer):
         dW_mat = dYᵀ cols,   db = Σ_rows dY,   dx = col2im(dY M_mat)
     where M = W for backprop or the ``weight`` passed in (a fixed kernel for feedback alignment):
     the last line is the "transposed convolution" of the backward pass.
+
+    The code computes the transposes of these products, Yᵀ = W_mat colsᵀ (F, N·OH·OW) and
+    dcolsᵀ = M_matᵀ dYᵀ, because ``cols.T`` is the contiguous form of im2col's buffer and
+    (F, N, OH, OW) -> (N, F, OH, OW) moves whole OH·OW blocks (see ``ccledu.im2col``).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
@@ -156,32 +160,32 @@ class Conv2d(Layer):
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"Conv2d({self.in_channels}->{self.out_channels}) expects input "
                              f"(N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        xp = get_array_module(x)
         N = x.shape[0]
-        k, s, p = self.kernel_size, self.stride, self.padding
+        F, k, s, p = self.out_channels, self.kernel_size, self.stride, self.padding
         _, oh, ow = self.output_shape(x.shape[1:])
-        cols = im2col(x, k, k, s, p)
+        cols = im2col(x, k, k, s, p)                          # (N·OH·OW, C·k·k)
         self._c_cols, self._c_xshape = cols, x.shape
-        W = self.params["weight"].reshape(self.out_channels, -1)
-        y = cols @ W.T
+        y_t = self.params["weight"].reshape(F, -1) @ cols.T   # Yᵀ: (F, N·OH·OW)
         if self.has_bias:
-            y = y + self.params["bias"]
-        return y.reshape(N, oh, ow, self.out_channels).transpose(0, 3, 1, 2)
+            y_t += self.params["bias"][:, None]
+        return xp.ascontiguousarray(y_t.reshape(F, N, oh, ow).transpose(1, 0, 2, 3))
 
     def backward(self, dy, weight=None, need_dx: bool = True):
         cols = self._c_cols
         if cols is None:
             raise RuntimeError("Conv2d.backward called before forward")
         F = self.out_channels
-        dY = dy.transpose(0, 2, 3, 1).reshape(-1, F)
-        self.grads["weight"] = (dY.T @ cols).reshape(self.params["weight"].shape)
+        dY_t = dy.transpose(1, 0, 2, 3).reshape(F, -1)       # dYᵀ: (F, N·OH·OW)
+        self.grads["weight"] = (dY_t @ cols).reshape(self.params["weight"].shape)
         if self.has_bias:
-            self.grads["bias"] = dY.sum(axis=0)
+            self.grads["bias"] = dY_t.sum(axis=1)
         if not need_dx:
             return None
         M = self.params["weight"] if weight is None else weight
-        dcols = dY @ M.reshape(F, -1)
+        dcols_t = M.reshape(F, -1).T @ dY_t                  # dcolsᵀ: (C·k·k, N·OH·OW)
         k = self.kernel_size
-        return col2im(dcols, self._c_xshape, k, k, self.stride, self.padding)
+        return col2im(dcols_t.T, self._c_xshape, k, k, self.stride, self.padding)
 
     def spec(self):
         return {"kind": "conv2d", "in": self.in_channels, "out": self.out_channels,
@@ -198,8 +202,12 @@ class MaxPool2d(Layer):
     as PyTorch's floor mode does).
 
     Shapes: x (N, C, H, W) -> y (N, C, H//k, W//k).
-    Backward: each window's gradient goes to the one position that held the maximum (the first
-    one in row-major order on ties), zeros elsewhere.
+    Forward: a loop over the k² taps of the window, like im2col's: tap t = (i, j) (row-major,
+    t = i·k + j) is the strided slice x[:, :, i::k, j::k]; y keeps the running maximum and
+    ``arg`` (N, C, H//k, W//k) the tap that holds it. A later tap replaces the maximum only when
+    strictly larger, so ties go to the first position in row-major order.
+    Backward: each window's gradient goes to the one position that held the maximum (tap
+    ``arg``), zeros elsewhere.
     """
 
     def __init__(self, kernel_size: int = 2):
@@ -219,27 +227,33 @@ class MaxPool2d(Layer):
         oh, ow = H // k, W // k
         if oh == 0 or ow == 0:
             raise ValueError(f"MaxPool2d({k}) cannot pool an input of spatial size {H}x{W}")
-        xw = x[:, :, :oh * k, :ow * k].reshape(N, C, oh, k, ow, k)
-        xw = xw.transpose(0, 1, 2, 4, 3, 5).reshape(N, C, oh, ow, k * k)
-        arg = xp.argmax(xw, axis=-1)
+        y = x[:, :, 0:oh * k:k, 0:ow * k:k].copy()             # tap (0, 0)
+        arg = xp.zeros(y.shape, dtype=xp.uint8 if k * k < 256 else xp.int32)
+        for t in range(1, k * k):
+            i, j = divmod(t, k)
+            v = x[:, :, i:oh * k:k, j:ow * k:k]                # tap (i, j) of every window
+            better = v > y
+            xp.maximum(y, v, out=y)
+            arg *= ~better                                     # arg = t where better, else kept
+            arg += better * arg.dtype.type(t)
         self._c_arg, self._c_xshape = arg, x.shape
-        return xp.take_along_axis(xw, arg[..., None], axis=-1)[..., 0]
+        return y
 
     def backward(self, dy):
         xp = get_array_module(dy)
         N, C, H, W = self._c_xshape
         k = self.k
         oh, ow = H // k, W // k
+        arg = self._c_arg
+        # every pooled position is written below; only a dropped remainder row/column needs zeros
+        exact = oh * k == H and ow * k == W
+        dx = (xp.empty if exact else xp.zeros)(self._c_xshape, dtype=dy.dtype)
         ### BEGIN SOLUTION  Task 2.5: MaxPool2d.backward
-        mask = self._c_arg[..., None] == xp.arange(k * k)
-        dw = (mask * dy[..., None]).reshape(N, C, oh, ow, k, k).transpose(0, 1, 2, 4, 3, 5)
-        dw = dw.reshape(N, C, oh * k, ow * k)
-        if oh * k == H and ow * k == W:
-            return dw
-        dx = xp.zeros(self._c_xshape, dtype=dy.dtype)
-        dx[:, :, :oh * k, :ow * k] = dw
-        return dx
+        for t in range(k * k):
+            i, j = divmod(t, k)
+            xp.multiply(dy, arg == t, out=dx[:, :, i:oh * k:k, j:ow * k:k])
         ### END SOLUTION
+        return dx
 
     def spec(self):
         return {"kind": "maxpool2d", "kernel": self.k}

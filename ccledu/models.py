@@ -203,21 +203,36 @@ def mlp(sizes, activation: str = "elu", bias: bool = False, seed=0, dtype="float
     return Network(blocks, (sizes[0],), sizes[-1], "mlp", activation, dtype)
 
 
+def conv_block(conv: Conv2d, activation: str, pool: int = 0) -> Block:
+    """A conv block: conv, σ, then k×k max-pooling (``pool`` > 1), as the paper's CNN has it.
+
+    The layers run in the order conv -> max-pool -> σ. Every activation here is nondecreasing,
+    so max-pooling commutes with it exactly, pool(σ(z)) = σ(pool(z)), also in floating point:
+    the block's output is bit-identical to conv -> σ -> pool, and σ and σ' are evaluated on
+    1/k² as many numbers (ELU's expm1 was the largest cost of a small CNN's step). The backward
+    pass can differ in one corner only: when two values of a window differ in z but round to
+    the same σ(z) (saturation, or adjacent floats), conv -> σ -> pool sends the window's
+    gradient to the first of them and this order to the larger z.
+    """
+    layers = [conv]
+    if pool and pool > 1:
+        layers.append(MaxPool2d(pool))
+    layers.append(Activation(activation))
+    return Block(layers, "conv", activation, pool if pool and pool > 1 else 0)
+
+
 def cnn(input_shape, channels, num_classes: int, activation: str = "elu", bias: bool = False,
         kernel: int = 3, pool: int = 2, seed=0, dtype="float32") -> Network:
     """CNN: ``len(channels)`` blocks of [conv k×k stride 1 pad k//2, σ, max-pool], then
-    flatten + linear to ``num_classes``."""
+    flatten + linear to ``num_classes`` (see :func:`conv_block` for the order inside a block)."""
     g = make_rng(seed)
     blocks = []
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3:
         raise ValueError(f"a CNN input shape is (C, H, W), got {shape}")
     for ch in channels:
-        layers = [Conv2d(shape[0], int(ch), kernel, 1, kernel // 2, bias=bias, seed=g, dtype=dtype),
-                  Activation(activation)]
-        if pool and pool > 1:
-            layers.append(MaxPool2d(pool))
-        b = Block(layers, "conv", activation, pool if pool and pool > 1 else 0)
+        conv = Conv2d(shape[0], int(ch), kernel, 1, kernel // 2, bias=bias, seed=g, dtype=dtype)
+        b = conv_block(conv, activation, pool)
         shape = b.output_shape(shape)
         blocks.append(b)
     feat = int(np.prod(shape))
@@ -294,11 +309,7 @@ def build_from_layers(layers: list, input_shape, num_classes: int, seed=0, dtype
         elif kind == "conv2d":
             main = Conv2d(int(d["in"]), int(d["out"]), int(d.get("kernel", 3)), int(d.get("stride", 1)),
                           int(d.get("padding", 0)), bias=bool(d.get("bias", False)), seed=g, dtype=dtype)
-            post = [Activation(act)]
-            pool = int(d.get("pool", 0) or 0)
-            if pool > 1:
-                post.append(MaxPool2d(pool))
-            b = Block([main] + post, "conv", act, pool if pool > 1 else 0)
+            b = conv_block(main, act, int(d.get("pool", 0) or 0))
         else:
             raise ValueError(f"layer {i}: unknown kind {kind!r} (expected 'linear' or 'conv2d')")
         try:

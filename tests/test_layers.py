@@ -160,3 +160,24 @@ def test_layers_on_backend(xp, rng):
     compare("pool backward", to_numpy(pool.backward(xp.asarray(g))), pool_ref.backward(g))
     up = Upsample2d(2)
     compare("upsample", to_numpy(up.forward(xp.asarray(a))), Upsample2d(2).forward(a))
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_conv_block_pools_before_the_activation_without_changing_anything(rng, name, dtype):
+    """models.conv_block runs conv -> pool -> σ; for a nondecreasing σ that is conv -> σ -> pool:
+    the output is bit-identical, and (no near-ties in random data) so are dx and dW."""
+    from ccledu.models import Block, conv_block
+    x = rng.standard_normal((3, 2, 9, 8)).astype(dtype)
+    fast = conv_block(Conv2d(2, 4, 3, 1, 1, seed=5, dtype=dtype), name, 2)
+    plain = Block([Conv2d(2, 4, 3, 1, 1, seed=5, dtype=dtype), Activation(name), MaxPool2d(2)],
+                  "conv", name, 2)
+    assert [type(layer).__name__ for layer in fast.layers] == ["Conv2d", "MaxPool2d", "Activation"]
+    y_fast, y_plain = fast.forward(x), plain.forward(x)
+    assert y_fast.shape == (3, 4, 4, 4)
+    assert np.array_equal(y_fast, y_plain), "conv->pool->σ output differs from conv->σ->pool"
+    dy = rng.standard_normal(y_fast.shape).astype(dtype)
+    dx_fast, dx_plain = fast.backward(dy), plain.backward(dy)
+    # (ReLU windows with every z <= 0 send their zero gradient to different positions: still 0)
+    np.testing.assert_array_equal(dx_fast, dx_plain)
+    np.testing.assert_array_equal(fast.main.grads["weight"], plain.main.grads["weight"])
