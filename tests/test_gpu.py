@@ -20,7 +20,8 @@ KERNEL_MODULES = ["im2col.py", "layers.py", "losses.py", "models.py", "optim.py"
                   "rules/ff.py"]
 #: numpy names that are fine in kernels: host RNG, dtypes, shape arithmetic, isinstance checks
 ALLOWED = {"random", "dtype", "prod", "floating", "integer", "ndarray", "float32", "float64",
-           "int64", "pi", "generic"}
+           "int64", "pi", "generic", "int32",
+           "errstate"}                     # silences NumPy warnings; no effect on CuPy arrays
 #: functions that run on the host by design (documented in their docstrings)
 HOST_FUNCTIONS = {
     ("rules/ff.py", "negatives"),      # negative labels drawn on the host from the seed

@@ -181,3 +181,34 @@ def test_conv_block_pools_before_the_activation_without_changing_anything(rng, n
     # (ReLU windows with every z <= 0 send their zero gradient to different positions: still 0)
     np.testing.assert_array_equal(dx_fast, dx_plain)
     np.testing.assert_array_equal(fast.main.grads["weight"], plain.main.grads["weight"])
+
+
+def test_float32_expm1_is_faithfully_rounded():
+    """ELU's float32 NumPy path uses layers.expm1_nonpositive_f32: within 1 ulp of the exact value
+    (float64 reference) everywhere on [-30, 0], like the C library's expm1f."""
+    from ccledu.layers import expm1_nonpositive_f32
+    g = np.random.default_rng(0)
+    x = np.concatenate([-np.logspace(-12, np.log10(30), 1_000_000), -30 * g.random(500_000),
+                        [0.0, -0.0, -30.0, -np.log(2) / 2, -np.log(2)]]).astype(np.float32)
+    exact = np.expm1(x.astype(np.float64))
+    ulp = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    ulp[ulp == 0] = np.spacing(np.float32(0))
+    mine = expm1_nonpositive_f32(x)
+    assert mine.dtype == np.float32
+    err = np.abs(mine.astype(np.float64) - exact) / ulp
+    libm = np.abs(np.expm1(x).astype(np.float64) - exact) / ulp
+    assert err.max() < 1.0, f"mine: max error {err.max():.3f} ulp (C library expm1f: {libm.max():.3f})"
+    assert err.mean() < 0.2
+    assert np.isnan(expm1_nonpositive_f32(np.array([np.nan], dtype=np.float32)))[0]
+
+
+def test_float32_elu_matches_float64_elu():
+    """ELU in float32 (fast expm1) agrees with float64 ELU to float32 rounding, including
+    -inf, large negatives (-> -1), +inf and NaN."""
+    z = np.concatenate([np.random.default_rng(1).standard_normal(100_000) * 5,
+                        [-np.inf, -1e30, -40.0, -30.0, -1e-30, 0.0, 1e-30, 3.0, np.inf, np.nan]])
+    a32 = Activation("elu").forward(z.astype(np.float32))
+    a64 = Activation("elu").forward(z)
+    assert a32.dtype == np.float32
+    np.testing.assert_allclose(a32[:-1], a64[:-1].astype(np.float32), rtol=1.2e-7, atol=1e-38)
+    assert a32[-10] == -1.0 and a32[-2] == np.inf and np.isnan(a32[-1])
