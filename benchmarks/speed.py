@@ -97,15 +97,19 @@ def time_fn(fn, reps: int, warmup: int = 2, sync=lambda: None) -> float:
     return statistics.median(times)
 
 
-def time_pair(fn_a, fn_b, reps: int, sync_a=lambda: None, sync_b=lambda: None, rounds: int = 4):
+def time_pair(fn_a, fn_b, reps: int, sync_a=lambda: None, sync_b=lambda: None, rounds: int = 4,
+              pause: float = 0.5):
     """Median seconds per call of ``fn_a`` and of ``fn_b``, timed in alternating blocks
     (a×k, b×k, a×k, ... for ``rounds`` rounds, k = ceil(reps/rounds)) so that a slow spell of the
-    machine hits both alike. Each block starts with one untimed call, so that neither side pays
-    for the other's idle BLAS/OpenMP threads still spinning at the switch."""
+    machine hits both alike. Before each block the machine rests for ``pause`` seconds and one
+    untimed call is made: the other library's idle worker threads keep spinning for a while after
+    its last call (OpenBLAS, and the OpenMP runtime under PyTorch, ~0.1-0.2 s by default) and
+    would otherwise steal the cores from the first timed calls."""
     k = max(1, -(-reps // rounds))
     ta, tb = [], []
     for _ in range(rounds):
         for fn, sync, out in ((fn_a, sync_a, ta), (fn_b, sync_b, tb)):
+            time.sleep(pause)
             fn()
             sync()
             for _ in range(k):
@@ -320,7 +324,7 @@ def report(results: dict, path: Path, command: str):
                      f"{r['ccledu_samples_per_s']:.0f} | {r['gflop_per_step']:.3f} | {100 * r['fraction_of_peak']:.0f} |")
     lines += ["", "A ratio above 1 means ccledu's step is faster than PyTorch's. Each row times the two "
               "steps in alternating blocks (ccledu ×k, PyTorch ×k, ... over 4 rounds, each block after "
-              "one untimed step; median of each), so a slow spell of the machine affects both.", "",
+              "a 0.5 s pause and one untimed step; median of each), so a slow spell of the machine affects both.", "",
               f"![throughput]({path.stem}_throughput.png)", ""]
     if results.get("scaling"):
         lines += ["## How cost grows", "", "MLP 784-width×depth-10, defaults width 256, depth 5, batch 256.", "",
