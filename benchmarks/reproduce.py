@@ -119,6 +119,24 @@ def cmd_report(args):
               "(no machine here reaches the CIFAR host); their configurations are the paper MLPs "
               "`mlp-cifar10` / `mlp-cifar100` and run with the same command once "
               "`$CCLEDU_DATA/cifar10/cifar-10-python.tar.gz` is present.", ""]
+    # the configuration each rule actually trained with (from the runs' metrics.json)
+    keys = ("batch_size", "optimizer", "lr_forward", "lr_feedback", "momentum_forward",
+            "clip_forward", "clip_feedback", "centralize", "warmup", "rule_options")
+    lines += ["## Configurations used", "",
+              "Each rule's default configuration as `ccledu train` resolves it (read from the runs' "
+              "`metrics.json`); FA's and DFA's defaults differ from the paper-like MLP protocol "
+              "(see their docstrings, `ccledu/rules/fa.py`, `dfa.py`).", "",
+              "| rule | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    seen = {}
+    for data, by_rule in res.items():
+        for rule, runs in by_rule.items():
+            seen.setdefault(rule, runs[0]["config"])
+    for rule, cfg in sorted(seen.items()):
+        lines.append(f"| {rule} | " + " | ".join(str(cfg.get(k, "—")) for k in keys) + " |")
+    lines.append("")
+    notes = base / "NOTES.md"
+    if notes.exists():
+        lines += ["## Notes", "", notes.read_text().strip(), ""]
     for data, by_rule in res.items():
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         for rule, runs in by_rule.items():
