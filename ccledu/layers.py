@@ -203,18 +203,17 @@ class MaxPool2d(Layer):
 
     Shapes: x (N, C, H, W) -> y (N, C, H//k, W//k).
     Forward: a loop over the k² taps of the window, like im2col's: tap t = (i, j) (row-major,
-    t = i·k + j) is the strided slice x[:, :, i::k, j::k]; y keeps the running maximum and
-    ``arg`` (N, C, H//k, W//k) the tap that holds it. A later tap replaces the maximum only when
-    strictly larger, so ties go to the first position in row-major order.
-    Backward: each window's gradient goes to the one position that held the maximum (tap
-    ``arg``), zeros elsewhere.
+    t = i·k + j) is the strided slice x[:, :, i::k, j::k], and y is their running maximum.
+    Backward: each window's gradient goes to the one position that holds the maximum — the first
+    tap (row-major) whose value equals y, so a tie goes to the first position — zeros elsewhere.
+    The forward pass caches x and y, not the position of the maximum: forward-only passes (e.g.
+    evaluation, and forward-forward's C candidate passes) do not pay for it.
     """
 
     def __init__(self, kernel_size: int = 2):
         super().__init__()
         self.k = kernel_size
-        self._c_arg = None
-        self._c_xshape = None
+        self._c_x = self._c_y = None
 
     def output_shape(self, in_shape):
         C, H, W = in_shape
@@ -228,30 +227,31 @@ class MaxPool2d(Layer):
         if oh == 0 or ow == 0:
             raise ValueError(f"MaxPool2d({k}) cannot pool an input of spatial size {H}x{W}")
         y = x[:, :, 0:oh * k:k, 0:ow * k:k].copy()             # tap (0, 0)
-        arg = xp.zeros(y.shape, dtype=xp.uint8 if k * k < 256 else xp.int32)
         for t in range(1, k * k):
             i, j = divmod(t, k)
-            v = x[:, :, i:oh * k:k, j:ow * k:k]                # tap (i, j) of every window
-            better = v > y
-            xp.maximum(y, v, out=y)
-            arg *= ~better                                     # arg = t where better, else kept
-            arg += better * arg.dtype.type(t)
-        self._c_arg, self._c_xshape = arg, x.shape
+            xp.maximum(y, x[:, :, i:oh * k:k, j:ow * k:k], out=y)
+        self._c_x, self._c_y = x, y
         return y
 
     def backward(self, dy):
         xp = get_array_module(dy)
-        N, C, H, W = self._c_xshape
+        x, y = self._c_x, self._c_y
+        if x is None:
+            raise RuntimeError("MaxPool2d.backward called before forward")
+        N, C, H, W = x.shape
         k = self.k
         oh, ow = H // k, W // k
-        arg = self._c_arg
         # every pooled position is written below; only a dropped remainder row/column needs zeros
         exact = oh * k == H and ow * k == W
-        dx = (xp.empty if exact else xp.zeros)(self._c_xshape, dtype=dy.dtype)
+        dx = (xp.empty if exact else xp.zeros)(x.shape, dtype=dy.dtype)
         ### BEGIN SOLUTION  Task 2.5: MaxPool2d.backward
+        found = xp.zeros(y.shape, dtype=bool)       # windows whose maximum is already routed
         for t in range(k * k):
             i, j = divmod(t, k)
-            xp.multiply(dy, arg == t, out=dx[:, :, i:oh * k:k, j:ow * k:k])
+            hit = x[:, :, i:oh * k:k, j:ow * k:k] == y
+            hit &= ~found
+            found |= hit
+            xp.multiply(dy, hit, out=dx[:, :, i:oh * k:k, j:ow * k:k])
         ### END SOLUTION
         return dx
 
