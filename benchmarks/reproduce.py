@@ -6,10 +6,14 @@
 
 ``run`` trains every (rule, dataset, seed) with the paper's MLP (784-256×5-10, ELU, no bias) and
 the rule's default configuration, writing ``benchmarks/results/reproduce/e<epochs>/<data>/<rule>/
-seed<k>/metrics.json``. It is resumable: a run whose metrics.json exists is not redone. ``report``
-collects whatever has finished into ``benchmarks/results/reproduce/e<epochs>/REPORT.md`` (mean ±
-std of the test accuracy over seeds, side by side with the paper) and learning-curve plots. CIFAR
-needs the official archives under $CCLEDU_DATA; where they are absent the report says so.
+seed<k>/metrics.json``. Every run records the test accuracy of every epoch (``--track-test``), so
+the report can show what other checkpoint choices would give; the headline number is still the
+public code's choice, the epoch with the lowest validation loss. It is resumable: a run whose
+metrics.json exists (and was recorded with --track-test) is not redone; an older file stays in
+place until its replacement has finished. ``report`` collects whatever has finished into
+``benchmarks/results/reproduce/e<epochs>/REPORT.md`` (mean ± std of the test accuracy over seeds,
+side by side with the paper) and learning-curve plots. CIFAR needs the official archives under
+$CCLEDU_DATA; where they are absent the report says so.
 """
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ def run_dir(epochs: int, data: str, rule: str, seed: int) -> Path:
 
 def command(epochs: int, data: str, rule: str, seed: int) -> list:
     return [sys.executable, "-m", "ccledu", "train", "--rule", rule, "--model", "mlp", "--data", data,
-            "--epochs", str(epochs), "--seed", str(seed), "--quiet",
+            "--epochs", str(epochs), "--seed", str(seed), "--track-test", "--quiet",
             "--out", str(run_dir(epochs, data, rule, seed))]
 
 
@@ -52,7 +56,8 @@ def cmd_run(args):
         for rule in args.rules.split(","):
             for seed in [int(s) for s in args.seeds.split(",")]:
                 d = run_dir(args.epochs, data, rule, seed)
-                if (d / "metrics.json").exists():
+                if (d / "metrics.json").exists() and \
+                        "selections" in json.loads((d / "metrics.json").read_text()):
                     print(f"done already: {d.relative_to(HERE)}")
                     continue
                 todo.append(command(args.epochs, data, rule, seed))

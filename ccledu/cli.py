@@ -111,6 +111,10 @@ def _add_train(sub):
     p.add_argument("--track-alignment", "--diagnostics", dest="diagnostics",
                    action=argparse.BooleanOptionalAction, default=None,
                    help="record the rule's diagnostics (alignment angles with BP, goodness, ...) every epoch")
+    p.add_argument("--track-test", dest="track_test", action=argparse.BooleanOptionalAction,
+                   default=None, help="also evaluate the test set every epoch and record the test "
+                   "accuracy under three checkpoint choices (only recorded: the checkpoint is "
+                   "still chosen on the validation loss)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
     p.add_argument("--config", help="JSON file of training settings (command-line flags win)")
@@ -132,7 +136,7 @@ def cmd_train(args) -> int:
     for _, dest, _, _ in TRAIN_FIELDS:
         if getattr(args, dest) is not None:
             settings[dest] = getattr(args, dest)
-    for dest in ("centralize", "bias", "augment", "diagnostics"):
+    for dest in ("centralize", "bias", "augment", "diagnostics", "track_test"):
         if getattr(args, dest) is not None:
             settings[dest] = getattr(args, dest)
     if args.lr is not None:

@@ -36,7 +36,7 @@ BASE_DEFAULTS = dict(
     momentum_feedback=0.0, weight_decay_forward=0.0, weight_decay_feedback=0.0,
     clip_forward=1.0, clip_feedback=1.0, centralize=False, warmup=0, cosine_tmax=0,
     eta_min=1e-3, activation="elu", bias=False, augment=False, diagnostics=False,
-    optimizer="sgd",
+    optimizer="sgd", track_test=False,
 )
 
 
@@ -54,6 +54,11 @@ class TrainConfig:
     data:  'mnist' | 'fashion-mnist' | 'cifar10' | 'cifar100'
     limit_train / limit_test: keep only the first n (shuffled) examples, for quick runs
     diagnostics: call the rule's ``diagnostics`` on a held-out batch after every epoch
+    track_test: also evaluate the test set after every epoch (``test_loss``/``test_accuracy`` in
+           the history, and ``selections`` in the metrics: the test accuracy under three
+           checkpoint choices). It is only recorded: the checkpoint is still chosen on the
+           validation loss, never on test data. Off by default (one more pass over the test set
+           per epoch).
     rule_options: keyword arguments of the rule's constructor (its ``OPTIONS``)
     optimizer: 'sgd' (default) | 'adam' (torch.optim.Adam semantics, see ccledu.optim)
     """
@@ -80,6 +85,7 @@ class TrainConfig:
     bias: bool | None = None
     augment: bool | None = None
     diagnostics: bool | None = None
+    track_test: bool | None = None
     preset: str | None = None
     dtype: str = "float32"
     backend: str = "numpy"
@@ -222,8 +228,11 @@ def _check_finite(losses, epoch, first_step):
 
 def fit(model, rule, optimizer, train, val, *, epochs: int, batch_size: int, seed: int = 0,
         augment=None, diagnostics: bool = False, progress: bool = True, check_every: int = 20,
-        desc: str = "", on_epoch=None):
+        desc: str = "", on_epoch=None, monitor=None):
     """Train ``model`` with ``rule`` and ``optimizer`` on host arrays ``train = (x, y)``.
+
+    ``monitor``: optional host arrays (x, y), evaluated after every epoch and recorded as
+    ``test_loss`` / ``test_accuracy`` in the history (never used to choose anything).
 
     Returns (history, best) where history is a list of per-epoch dicts and best = (epoch,
     snapshot of parameters with the lowest validation loss).
@@ -282,6 +291,8 @@ def fit(model, rule, optimizer, train, val, *, epochs: int, batch_size: int, see
         entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                  "val_accuracy": val_acc, "train_seconds": train_seconds,
                  "terms": {k: float(to_numpy(v)) / max(n_steps, 1) for k, v in term_sums.items()}}
+        if monitor is not None:
+            entry["test_loss"], entry["test_accuracy"] = evaluate(model, rule, *monitor)
         if diagnostics:
             entry.update(rule.diagnostics(model, diag_x, diag_y))
         history.append(entry)
@@ -293,6 +304,29 @@ def fit(model, rule, optimizer, train, val, *, epochs: int, batch_size: int, see
         if on_epoch is not None:
             on_epoch(entry)
     return history, best
+
+
+def selections(history: list) -> dict:
+    """Test accuracy under three checkpoint choices, from a history recorded with ``track_test``.
+
+    - ``lowest_val_loss``: the epoch with the lowest validation loss (the public CCL code's
+      choice, and ``run``'s ``test_accuracy``);
+    - ``highest_val_accuracy``: the epoch with the highest validation accuracy (the first one on
+      a tie);
+    - ``last_epoch``: the final epoch.
+
+    Each maps to ``{"epoch": e, "val_loss": ..., "val_accuracy": ..., "test_accuracy": ...}``.
+    All three choices look only at validation data or at the epoch count.
+    """
+    if not history or "test_accuracy" not in history[0]:
+        raise ValueError("selections() needs a history recorded with track_test=True")
+    picks = {
+        "lowest_val_loss": min(history, key=lambda h: h["val_loss"]),
+        "highest_val_accuracy": max(history, key=lambda h: (h["val_accuracy"], -h["epoch"])),
+        "last_epoch": history[-1],
+    }
+    keys = ("epoch", "val_loss", "val_accuracy", "test_accuracy")
+    return {name: {k: h[k] for k in keys} for name, h in picks.items()}
 
 
 def build_optimizer(config: TrainConfig, model, rule):
@@ -336,7 +370,7 @@ def run(config: TrainConfig | dict, progress: bool = True) -> dict:
         history, (best_epoch, _, snap) = fit(
             model, rule, optimizer, train, val, epochs=config.epochs, batch_size=config.batch_size,
             seed=config.seed, augment=augment, diagnostics=bool(config.diagnostics),
-            progress=progress)
+            progress=progress, monitor=test if config.track_test else None)
         _restore(model, rule, snap)
         test_loss, test_acc = evaluate(model, rule, *test)
     metrics = {
@@ -347,6 +381,7 @@ def run(config: TrainConfig | dict, progress: bool = True) -> dict:
         "rule_config": rule.config(),
         "model": model.spec(),
         "history": history,
+        **({"selections": selections(history)} if config.track_test else {}),
         "total_seconds": time.perf_counter() - t_start,
         "ccledu_version": __version__,
     }

@@ -63,3 +63,31 @@ def test_bp_cnn_learns_on_mnist_subset():
                         limit_train=6000, limit_test=2000, batch_size=64, lr_forward=0.1,
                         momentum_forward=0.9, seed=0), progress=False)
     assert m["test_accuracy"] > 0.90, m["test_accuracy"]
+
+
+def test_track_test_records_test_accuracy_and_selections(tmp_path):
+    """--track-test records the test set every epoch; the reported test accuracy (the lowest
+    validation loss's checkpoint, restored) equals that epoch's recorded value exactly."""
+    from ccledu.train import selections
+
+    code = main(["train", "--rule", "bp", "--model", "mlp:784-32-10", "--epochs", "4", "--seed", "1",
+                 "--limit-train", "1500", "--limit-test", "400", "--batch-size", "50",
+                 "--lr-forward", "2.0", "--track-test", "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    h = m["history"]
+    assert all(0 <= e["test_accuracy"] <= 1 and e["test_loss"] > 0 for e in h)
+    assert len({e["test_accuracy"] for e in h}) > 1          # it is re-evaluated, not copied
+    sel = m["selections"]
+    assert sel["lowest_val_loss"]["epoch"] == m["best_epoch"]
+    assert m["test_accuracy"] == h[m["best_epoch"] - 1]["test_accuracy"]
+    va = [e["val_accuracy"] for e in h]
+    assert sel["highest_val_accuracy"]["epoch"] == va.index(max(va)) + 1
+    assert sel["last_epoch"] == {k: h[-1][k] for k in ("epoch", "val_loss", "val_accuracy",
+                                                       "test_accuracy")}
+    # without the flag: no test entries and no selections
+    plain = run(TrainConfig(rule="bp", model="mlp:784-32-10", epochs=1, limit_train=500,
+                            limit_test=100), progress=False)
+    assert "test_accuracy" not in plain["history"][0] and "selections" not in plain
+    with pytest.raises(ValueError, match="track_test"):
+        selections(plain["history"])
