@@ -14,10 +14,8 @@ Results go to ``benchmarks/results/speed_<device>.json`` and ``.md`` with plots.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,8 +27,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from ccledu import __version__  # noqa: E402
 from ccledu.backend import asarray, get_array_module, use  # noqa: E402
+from ccledu.backend import machine_info as backend_machine_info  # noqa: E402
 from ccledu.models import build_model  # noqa: E402
 from ccledu.optim import Optimizer, ParamGroup  # noqa: E402
 from ccledu.rules import get_rule  # noqa: E402
@@ -45,37 +43,16 @@ CONFIGS = {
 
 
 def machine_info(device: str) -> dict:
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "cpu": _cpu_name(), "cores": os.cpu_count(), "numpy": np.__version__,
-            "ccledu": __version__}
+    info = backend_machine_info("cupy" if device == "cuda" else "numpy")
     try:
         import torch
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
         if device == "cuda":
-            info["gpu"] = torch.cuda.get_device_name(0)
+            info["torch_gpu"] = torch.cuda.get_device_name(0)
     except ImportError:
         info["torch"] = None
-    if device == "cuda":
-        import cupy
-        info["cupy"] = cupy.__version__
-    try:
-        cfg = np.show_config(mode="dicts")
-        info["blas"] = cfg["Build Dependencies"]["blas"]["name"]
-    except Exception:  # noqa: BLE001
-        pass
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _sync(xp):
@@ -313,7 +290,7 @@ def report(results: dict, path: Path, command: str):
     lines = [f"# Speed: ccledu vs PyTorch ({results['device']})", "",
              f"Command: `{command}`", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in m.items()), "",
-             f"Matrix-multiply peak (2048² float32): "
+             "Matrix-multiply peak (2048² float32): "
              + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in results["peak"].items()), "",
              "| config | rule | batch | ccledu ms/step | PyTorch ms/step | ratio (PyTorch/ccledu) | ccledu samples/s | GFLOP/step | % of peak |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -145,3 +145,42 @@ def resolve_dtype(dtype) -> np.dtype:
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise ValueError(f"dtype must be float32 or float64, got {dt}")
     return dt
+
+
+def machine_info(backend: str = "numpy") -> dict:
+    """Where a result was produced: date (UTC), Python, platform, CPU model and cores, NumPy and
+    its BLAS, ccledu's version, and with ``backend="cupy"`` the GPU and CuPy versions.
+
+    Written into every ``metrics.json`` and benchmark result, so a number is never separated from
+    the machine that made it.
+    """
+    import datetime
+    import os
+    import platform
+
+    from . import __version__
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
+            "cores": os.cpu_count(), "numpy": np.__version__, "ccledu": __version__}
+    try:
+        info["blas"] = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+    except Exception:  # noqa: BLE001  (the layout of show_config differs between NumPy versions)
+        pass
+    threads = os.environ.get("OPENBLAS_NUM_THREADS") or os.environ.get("OMP_NUM_THREADS")
+    if threads:
+        info["blas_threads"] = threads
+    if backend == "cupy":
+        cp = _import_cupy()
+        info["cupy"] = cp.__version__
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        name = props["name"]
+        info["gpu"] = name.decode() if isinstance(name, bytes) else str(name)
+    return info

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .backend import asarray, get_array_module, to_numpy, use
+from .backend import asarray, get_array_module, machine_info, to_numpy, use
 from .models import build_model, parse_spec
 from .rules import rule_class
 
@@ -384,6 +384,7 @@ def run(config: TrainConfig | dict, progress: bool = True) -> dict:
         **({"selections": selections(history)} if config.track_test else {}),
         "total_seconds": time.perf_counter() - t_start,
         "ccledu_version": __version__,
+        "machine": machine_info(config.backend),
     }
     if progress:
         print(f"test accuracy (epoch {best_epoch}, lowest validation loss): {100 * test_acc:.2f} %")

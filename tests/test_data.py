@@ -1,6 +1,4 @@
 """ccledu.data: formats, checksums, locating files, preparing splits, batching, augmentation."""
-import gzip
-import io
 import os
 import pickle
 import tarfile

@@ -30,6 +30,7 @@ def test_short_run_is_repeatable_and_writes_metrics(tmp_path):
     for key in ("train_loss", "val_loss", "val_accuracy", "train_seconds"):
         assert key in m["history"][0]
     assert m["history"][1]["train_loss"] < m["history"][0]["train_loss"]
+    assert m["machine"]["cores"] >= 1 and m["machine"]["numpy"] == np.__version__
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
