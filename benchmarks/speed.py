@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -34,6 +35,9 @@ from ccledu.optim import Optimizer, ParamGroup  # noqa: E402
 from ccledu.rules import get_rule  # noqa: E402
 
 RULES = ["bp", "fa", "dfa", "ccl", "ff"]
+#: training images per epoch of the dataset each config stands for (90 % of the official training
+#: set, the trainer's default split): an epoch's time is estimated as ceil(n / batch) steps
+EPOCH_IMAGES = {"mlp": ("MNIST", 54000), "cnn": ("MNIST", 54000), "cnn-paper": ("CIFAR-10", 45000)}
 CONFIGS = {
     # name: (model spec, batch size, activation)
     "mlp": ("mlp:784-256-256-256-256-256-10", 256, "elu"),
@@ -292,16 +296,25 @@ def report(results: dict, path: Path, command: str):
              "Machine: " + ", ".join(f"{k} {v}" for k, v in m.items()), "",
              "Matrix-multiply peak (2048² float32): "
              + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in results["peak"].items()), "",
-             "| config | rule | batch | ccledu ms/step | PyTorch ms/step | ratio (PyTorch/ccledu) | ccledu samples/s | GFLOP/step | % of peak |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| config | rule | batch | ccledu ms/step | PyTorch ms/step | ratio (PyTorch/ccledu) | ccledu samples/s | GFLOP/step | % of peak | ccledu s/epoch | PyTorch s/epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["grid"]:
         tm = f"{r['torch_ms']:.2f}" if r.get("torch_ms") else "—"
         ratio = f"{r['ratio_torch_over_ccledu']:.2f}" if r.get("torch_ms") else "—"
+        steps = math.ceil(EPOCH_IMAGES[r["config"]][1] / r["batch"])
+        ep_torch = f"{steps * r['torch_ms'] / 1e3:.1f}" if r.get("torch_ms") else "—"
         lines.append(f"| {r['config']} | {r['rule']} | {r['batch']} | {r['ccledu_ms']:.2f} | {tm} | {ratio} | "
-                     f"{r['ccledu_samples_per_s']:.0f} | {r['gflop_per_step']:.3f} | {100 * r['fraction_of_peak']:.0f} |")
+                     f"{r['ccledu_samples_per_s']:.0f} | {r['gflop_per_step']:.3f} | {100 * r['fraction_of_peak']:.0f} | "
+                     f"{steps * r['ccledu_ms'] / 1e3:.1f} | {ep_torch} |")
     lines += ["", "A ratio above 1 means ccledu's step is faster than PyTorch's. Each row times the two "
               "steps in alternating blocks (ccledu ×k, PyTorch ×k, ... over 4 rounds, each block after "
               "a 0.5 s pause and one untimed step; median of each), so a slow spell of the machine affects both.", "",
+              "s/epoch is the time of one epoch's training steps, ceil(n / batch) × the step time, with n "
+              "the training images of an epoch under the trainer's 90/10 split: "
+              + ", ".join(f"{c} {d} {n}" for c, (d, n) in EPOCH_IMAGES.items())
+              + ". Evaluation and data shuffling are not included; `train_seconds` in a run's "
+              "metrics.json is the measured counterpart (e.g. the Table 1 runs, "
+              "`results/reproduce/e100/`, on a machine shared by two runs).", "",
               f"![throughput]({path.stem}_throughput.png)", ""]
     if results.get("scaling"):
         lines += ["## How cost grows", "", "MLP 784-width×depth-10, defaults width 256, depth 5, batch 256.", "",
@@ -320,7 +333,17 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="3 repetitions, no scaling study")
     p.add_argument("--no-scaling", action="store_true")
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--render", metavar="JSON", help="only rewrite the Markdown report and plots "
+                   "from a results file this script wrote (no timing)")
     args = p.parse_args(argv)
+    if args.render:
+        src = Path(args.render)
+        results = json.loads(src.read_text())
+        stem = src.with_suffix("")
+        plot(results, stem)
+        report(results, stem.with_suffix(".md"), results.get("command", "python benchmarks/speed.py"))
+        print(f"rewrote {stem}.md and plots from {src}")
+        return 0
     reps = 3 if args.quick else args.reps
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -331,7 +354,8 @@ def main(argv=None):
             torch.set_num_threads(os.cpu_count())
     except ImportError:
         log("PyTorch not installed: timing ccledu alone (pip install torch==2.13.0 for the peer)")
-    results = {"device": args.device, "machine": machine_info(args.device)}
+    results = {"device": args.device, "machine": machine_info(args.device),
+               "command": "python benchmarks/speed.py " + " ".join(argv or sys.argv[1:])}
     results["peak"] = matmul_peak(args.device)
     log(f"peak: {results['peak']}")
     results["grid"] = run_grid(args.device, args.configs.split(","), args.rules.split(","), reps,
@@ -341,7 +365,7 @@ def main(argv=None):
     stem = out / f"speed_{args.device}"
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
     plot(results, stem)
-    report(results, stem.with_suffix(".md"), "python benchmarks/speed.py " + " ".join(argv or sys.argv[1:]))
+    report(results, stem.with_suffix(".md"), results["command"])
     log(f"wrote {stem}.json, {stem}.md and plots")
     return results
 
