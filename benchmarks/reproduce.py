@@ -39,14 +39,14 @@ PAPER = {
 }
 
 
-def run_dir(epochs: int, data: str, rule: str, seed: int) -> Path:
-    return ROOT / f"e{epochs}" / data / rule / f"seed{seed}"
+def run_dir(epochs: int, data: str, rule: str, seed: int, root: Path = ROOT) -> Path:
+    return Path(root) / f"e{epochs}" / data / rule / f"seed{seed}"
 
 
-def command(epochs: int, data: str, rule: str, seed: int) -> list:
+def command(epochs: int, data: str, rule: str, seed: int, root: Path = ROOT) -> list:
     return [sys.executable, "-m", "ccledu", "train", "--rule", rule, "--model", "mlp", "--data", data,
             "--epochs", str(epochs), "--seed", str(seed), "--track-test", "--quiet",
-            "--out", str(run_dir(epochs, data, rule, seed))]
+            "--out", str(run_dir(epochs, data, rule, seed, root))]
 
 
 def cmd_run(args):
@@ -54,12 +54,12 @@ def cmd_run(args):
     for data in args.data.split(","):
         for rule in args.rules.split(","):
             for seed in [int(s) for s in args.seeds.split(",")]:
-                d = run_dir(args.epochs, data, rule, seed)
+                d = run_dir(args.epochs, data, rule, seed, args.root)
                 if (d / "metrics.json").exists() and \
                         "selections" in json.loads((d / "metrics.json").read_text()):
-                    print(f"done already: {d.relative_to(HERE)}")
+                    print(f"done already: {d}")
                     continue
-                todo.append(command(args.epochs, data, rule, seed))
+                todo.append(command(args.epochs, data, rule, seed, args.root))
     running = []
     for cmd in todo:
         while len(running) >= args.jobs:
@@ -72,9 +72,9 @@ def cmd_run(args):
     return 0
 
 
-def collect(epochs: int) -> dict:
+def collect(epochs: int, root: Path = ROOT) -> dict:
     out = {}
-    base = ROOT / f"e{epochs}"
+    base = Path(root) / f"e{epochs}"
     for f in sorted(base.glob("*/*/seed*/metrics.json")):
         data, rule = f.parts[-4], f.parts[-3]
         m = json.loads(f.read_text())
@@ -87,8 +87,8 @@ def cmd_report(args):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    res = collect(args.epochs)
-    base = ROOT / f"e{args.epochs}"
+    res = collect(args.epochs, args.root)
+    base = Path(args.root) / f"e{args.epochs}"
     base.mkdir(parents=True, exist_ok=True)
     lines = [f"# Reproduction of the paper's Table 1 (MLP), {args.epochs} epochs", "",
              "Paper: Kao & Hariharan, NeurIPS 2024, Table 1 (mean ± std over 5 seeds, 100 epochs). "
@@ -192,9 +192,11 @@ def main(argv=None):
     r.add_argument("--epochs", type=int, default=100)
     r.add_argument("--jobs", type=int, default=1, help="runs in parallel")
     r.add_argument("--threads", type=int, default=1, help="BLAS threads per run")
+    r.add_argument("--root", type=Path, default=ROOT, help="results folder (default %(default)s)")
     r.set_defaults(func=cmd_run)
     q = sub.add_parser("report")
     q.add_argument("--epochs", type=int, default=100)
+    q.add_argument("--root", type=Path, default=ROOT, help="results folder (default %(default)s)")
     q.set_defaults(func=cmd_report)
     args = p.parse_args(argv)
     return args.func(args)
