@@ -1,23 +1,30 @@
-"""Reproduce the paper's Table 1 (MLP) for MNIST and Fashion-MNIST.
+"""Reproduce the paper's accuracy tables: Table 1 (MLP) and Table 3 (CNN).
 
-    python benchmarks/reproduce.py run    [--rules bp,fa,dfa,ccl] [--data mnist,fashion-mnist]
+    python benchmarks/reproduce.py run    [--table 1|3] [--rules ...] [--data ...]
                                           [--seeds 0,1,2] [--epochs 100] [--jobs 1]
     python benchmarks/reproduce.py report [--epochs 100]
 
-``run`` trains every (rule, dataset, seed) with the paper's MLP (784-256×5-10, ELU, no bias) and
-the rule's default configuration, writing ``benchmarks/results/reproduce/e<epochs>/<data>/<rule>/
-seed<k>/metrics.json``. Every run records the test accuracy of every epoch (``--track-test``), so
-the report can show what other checkpoint choices would give; the headline number is still the
-public code's choice, the epoch with the lowest validation loss. It is resumable: a run whose
-metrics.json exists (and was recorded with --track-test) is not redone; an older file stays in
-place until its replacement has finished. ``report`` collects whatever has finished into
-``benchmarks/results/reproduce/e<epochs>/REPORT.md`` (mean ± std of the test accuracy over seeds,
-side by side with the paper) and learning-curve plots. CIFAR needs the official archives under
-$CCLEDU_DATA; where they are absent the report says so.
+``run`` trains every (rule, dataset, seed) of a table with the paper's architecture for the
+dataset (``--model mlp``: 784-256×5-10 on MNIST-like data, 3072-1024×3-C on CIFAR; ``--model cnn``:
+the five-block CIFAR CNN) and the rule's default configuration, writing
+``benchmarks/results/reproduce/e<epochs>/[cnn/]<data>/<rule>/seed<k>/metrics.json`` (Table 3 runs
+under ``cnn/``). Every run records the test accuracy of every epoch (``--track-test``), so the
+report can show what other checkpoint choices would give; the headline number is the public
+code's choice, the epoch with the lowest validation loss.
+
+``run`` is resumable: a run whose metrics.json exists (recorded with --track-test) is not redone;
+an older file stays in place until its replacement has finished. A dataset whose official files
+are not on this machine is skipped with the reason (CIFAR: put the archives under
+$CCLEDU_DATA/cifar10/ and $CCLEDU_DATA/cifar100/).
+
+``report`` collects whatever has finished into ``benchmarks/results/reproduce/e<epochs>/REPORT.md``
+(mean ± std of the test accuracy over seeds, side by side with the paper; the configuration each
+row trains with; learning curves) and appends that folder's NOTES.md.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -30,164 +37,229 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE / "results" / "reproduce"
 
-#: Kao & Hariharan (NeurIPS 2024), Table 1: test accuracy %, mean ± std over 5 seeds, 100 epochs
-PAPER = {
-    "mnist": {"bp": (98.19, 0.10), "fa": (96.96, 0.05), "dfa": (97.27, 0.06), "ccl": (98.13, 0.10)},
-    "fashion-mnist": {"bp": (89.58, 0.25), "fa": (87.38, 0.12), "dfa": (87.35, 0.99), "ccl": (88.58, 0.29)},
-    "cifar10": {"bp": (50.03, 0.31), "fa": (45.76, 0.38), "dfa": (42.86, 1.94), "ccl": (52.73, 0.59)},
-    "cifar100": {"bp": (22.55, 0.19), "fa": (22.13, 0.41), "dfa": (19.87, 1.50), "ccl": (21.76, 0.22)},
+#: Kao & Hariharan (NeurIPS 2024): test accuracy %, mean ± std over 5 seeds, 100 epochs
+TABLES = {
+    "1": {"title": "Table 1 (MLP)", "model": "mlp", "paper": {
+        "mnist": {"bp": (98.19, 0.10), "fa": (96.96, 0.05), "dfa": (97.27, 0.06), "ccl": (98.13, 0.10)},
+        "fashion-mnist": {"bp": (89.58, 0.25), "fa": (87.38, 0.12), "dfa": (87.35, 0.99),
+                          "ccl": (88.58, 0.29)},
+        "cifar10": {"bp": (50.03, 0.31), "fa": (45.76, 0.38), "dfa": (42.86, 1.94), "ccl": (52.73, 0.59)},
+        "cifar100": {"bp": (22.55, 0.19), "fa": (22.13, 0.41), "dfa": (19.87, 1.50), "ccl": (21.76, 0.22)},
+    }},
+    "3": {"title": "Table 3 (CNN)", "model": "cnn", "paper": {
+        "cifar10": {"bp": (87.12, 1.76), "ccl": (82.94, 0.53)},
+        "cifar100": {"bp": (51.92, 0.48), "ccl": (56.29, 0.25)},
+    }},
 }
+#: what `run` trains when --data / --rules are not given
+DEFAULT_DATA = {"1": "mnist,fashion-mnist,cifar10,cifar100", "3": "cifar10,cifar100"}
+#: settings shown in the report's configuration tables
+CONFIG_KEYS = ("model", "batch_size", "optimizer", "lr_forward", "lr_feedback", "momentum_forward",
+               "weight_decay_forward", "clip_forward", "clip_feedback", "centralize", "warmup",
+               "cosine_tmax", "rule_options")
 
 
-def run_dir(epochs: int, data: str, rule: str, seed: int, root: Path = ROOT) -> Path:
-    return Path(root) / f"e{epochs}" / data / rule / f"seed{seed}"
+def run_dir(epochs: int, table: str, data: str, rule: str, seed: int, root: Path = ROOT) -> Path:
+    base = Path(root) / f"e{epochs}"
+    if TABLES[table]["model"] != "mlp":
+        base = base / TABLES[table]["model"]
+    return base / data / rule / f"seed{seed}"
 
 
-def command(epochs: int, data: str, rule: str, seed: int, root: Path = ROOT) -> list:
-    return [sys.executable, "-m", "ccledu", "train", "--rule", rule, "--model", "mlp", "--data", data,
-            "--epochs", str(epochs), "--seed", str(seed), "--track-test", "--quiet",
-            "--out", str(run_dir(epochs, data, rule, seed, root))]
+def command(epochs: int, table: str, data: str, rule: str, seed: int, root: Path = ROOT) -> list:
+    return [sys.executable, "-m", "ccledu", "train", "--rule", rule, "--model", TABLES[table]["model"],
+            "--data", data, "--epochs", str(epochs), "--seed", str(seed), "--track-test", "--quiet",
+            "--out", str(run_dir(epochs, table, data, rule, seed, root))]
+
+
+def missing_data(data: str) -> str | None:
+    """None when the official files of ``data`` are on this machine, else why not (one line)."""
+    from ccledu.data import dataset_dir
+
+    try:
+        dataset_dir(data)
+    except FileNotFoundError as e:
+        return str(e).splitlines()[0]
+    return None
+
+
+def is_done(d: Path) -> bool:
+    f = d / "metrics.json"
+    return f.exists() and "selections" in json.loads(f.read_text())
 
 
 def cmd_run(args):
+    table = TABLES[args.table]
+    rules = args.rules or ",".join(next(iter(table["paper"].values())))
     todo = []
-    for data in args.data.split(","):
-        for rule in args.rules.split(","):
+    for data in (args.data or DEFAULT_DATA[args.table]).split(","):
+        if data not in table["paper"]:
+            raise SystemExit(f"reproduce.py: {data!r} is not in {table['title']}; "
+                             f"choose from {sorted(table['paper'])}")
+        why = missing_data(data)
+        if why:
+            print(f"skip {data}: {why}")
+            continue
+        for rule in rules.split(","):
             for seed in [int(s) for s in args.seeds.split(",")]:
-                d = run_dir(args.epochs, data, rule, seed, args.root)
-                if (d / "metrics.json").exists() and \
-                        "selections" in json.loads((d / "metrics.json").read_text()):
+                d = run_dir(args.epochs, args.table, data, rule, seed, args.root)
+                if is_done(d):
                     print(f"done already: {d}")
                     continue
-                todo.append(command(args.epochs, data, rule, seed, args.root))
-    running = []
+                todo.append(command(args.epochs, args.table, data, rule, seed, args.root))
+    running, failed = [], 0
     for cmd in todo:
         while len(running) >= args.jobs:
+            failed += sum(p.poll() not in (None, 0) for p in running)
             running = [p for p in running if p.poll() is None]
             time.sleep(1)
         print("start:", " ".join(cmd[1:]), flush=True)
         running.append(subprocess.Popen(cmd, env={**os.environ, "OPENBLAS_NUM_THREADS": str(args.threads)}))
-    for p in running:
-        p.wait()
-    return 0
+    failed += sum(p.wait() != 0 for p in running)
+    if failed:
+        print(f"{failed} run(s) failed; their folders have no new metrics.json (run again to retry)")
+    return 1 if failed else 0
 
 
-def collect(epochs: int, root: Path = ROOT) -> dict:
+def collect(epochs: int, table: str, root: Path = ROOT) -> dict:
+    """{data: {rule: [metrics, ...]}} of the finished runs of ``table``."""
     out = {}
-    base = Path(root) / f"e{epochs}"
+    base = run_dir(epochs, table, "*", "*", 0, root).parent.parent.parent
     for f in sorted(base.glob("*/*/seed*/metrics.json")):
         data, rule = f.parts[-4], f.parts[-3]
-        m = json.loads(f.read_text())
-        out.setdefault(data, {}).setdefault(rule, []).append(m)
+        if data in TABLES[table]["paper"]:
+            out.setdefault(data, {}).setdefault(rule, []).append(json.loads(f.read_text()))
     return out
 
 
-def cmd_report(args):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def mean_std(fractions) -> str:
+    a = 100 * np.asarray(fractions, dtype=float)
+    return f"{a.mean():.2f} ± {a.std(ddof=1) if len(a) > 1 else float('nan'):.2f}"
 
-    res = collect(args.epochs, args.root)
-    base = Path(args.root) / f"e{args.epochs}"
-    base.mkdir(parents=True, exist_ok=True)
-    lines = [f"# Reproduction of the paper's Table 1 (MLP), {args.epochs} epochs", "",
-             "Paper: Kao & Hariharan, NeurIPS 2024, Table 1 (mean ± std over 5 seeds, 100 epochs). "
-             "ccledu: paper MLP 784-256×5-10, ELU, no bias, each rule's default configuration "
-             "(batch 256, SGD lr 1, momentum 0, clip 1 per group unless the rule's defaults say "
-             "otherwise). The headline column is the public code's protocol: the test accuracy of "
-             "the epoch with the lowest validation loss. The two columns after it are the test "
-             "accuracy of the same runs under other checkpoint choices (each run records the test "
-             "accuracy of every epoch, `--track-test`): the epoch with the highest validation "
-             "accuracy, and the last epoch. All three choices look only at validation data.", "",
-             f"Commands: `python benchmarks/reproduce.py run --epochs {args.epochs} --seeds ...` then "
-             f"`python benchmarks/reproduce.py report --epochs {args.epochs}`; one run is "
-             f"`ccledu train --rule RULE --model mlp --data DATA --epochs {args.epochs} --seed SEED "
-             f"--track-test`.", "",
-             "| data | rule | seeds | lowest val loss (public code) | paper | difference | "
-             "highest val accuracy | last epoch | s/epoch |",
-             "|---|---|---|---|---|---|---|---|---|"]
 
-    def mean_std(values):
-        a = 100 * np.asarray(values, dtype=float)
-        return f"{a.mean():.2f} ± {a.std(ddof=1) if len(a) > 1 else float('nan'):.2f}"
-
-    for data in PAPER:
-        for rule in PAPER[data]:
+def table_lines(table: str, res: dict) -> list:
+    lines = ["| data | rule | seeds | lowest val loss (public code) | paper | difference | "
+             "highest val accuracy | last epoch | s/epoch |", "|---|---|---|---|---|---|---|---|---|"]
+    for data, by_rule in TABLES[table]["paper"].items():
+        why = missing_data(data)
+        for rule, p in by_rule.items():
             runs = res.get(data, {}).get(rule, [])
-            p = PAPER[data][rule]
             if not runs:
-                lines.append(f"| {data} | {rule} | 0 | not run | {p[0]:.2f} ± {p[1]:.2f} | — | — | — | — |")
+                reason = "not run: no official files here" if why else "not run yet"
+                lines.append(f"| {data} | {rule} | 0 | {reason} | {p[0]:.2f} ± {p[1]:.2f} | — | — | — | — |")
                 continue
-            acc = np.array([100 * m["test_accuracy"] for m in runs])
+            acc = np.array([m["test_accuracy"] for m in runs])
             spe = np.mean([np.mean([h["train_seconds"] for h in m["history"]]) for m in runs])
             alt = []
             for choice in ("highest_val_accuracy", "last_epoch"):
                 vals = [m["selections"][choice]["test_accuracy"] for m in runs if "selections" in m]
                 note = "" if len(vals) == len(runs) else f" ({len(vals)} of {len(runs)} runs)"
                 alt.append(mean_std(vals) + note if vals else "not recorded")
-            lines.append(f"| {data} | {rule} | {len(acc)} | {mean_std(acc / 100)} | "
-                         f"{p[0]:.2f} ± {p[1]:.2f} | {acc.mean() - p[0]:+.2f} | {alt[0]} | {alt[1]} | "
-                         f"{spe:.1f} |")
-    machines = sorted({json.dumps(m.get("machine", {"platform": "not recorded"}), sort_keys=True)
-                       for by_rule in res.values() for runs in by_rule.values() for m in runs})
-    lines += ["", "s/epoch is the wall time of one epoch's training steps (`train_seconds`), on a "
+            lines.append(f"| {data} | {rule} | {len(acc)} | {mean_std(acc)} | {p[0]:.2f} ± {p[1]:.2f} | "
+                         f"{100 * acc.mean() - p[0]:+.2f} | {alt[0]} | {alt[1]} | {spe:.1f} |")
+    return lines
+
+
+def config_lines(table: str, res: dict) -> list:
+    """The settings every row trains with: from its runs' metrics.json, else as ``ccledu train``
+    resolves them now (so rows that could not run still show the configuration that is ready)."""
+    from ccledu.train import TrainConfig, resolve
+
+    lines = ["| data | rule | source | " + " | ".join(CONFIG_KEYS) + " |",
+             "|---|---|---|" + "---|" * len(CONFIG_KEYS)]
+    for data, by_rule in TABLES[table]["paper"].items():
+        for rule in by_rule:
+            runs = res.get(data, {}).get(rule, [])
+            if runs:
+                cfg, source = runs[0]["config"], "runs"
+            else:
+                cfg = dataclasses.asdict(resolve(TrainConfig(rule=rule, model=TABLES[table]["model"],
+                                                             data=data)))
+                source = "resolved"
+            lines.append(f"| {data} | {rule} | {source} | "
+                         + " | ".join(str(cfg.get(k, "—")) for k in CONFIG_KEYS) + " |")
+    return lines
+
+
+def plot_curves(data: str, by_rule: dict, path: Path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for rule, runs in by_rule.items():
+        curves = np.array([[h["val_accuracy"] for h in m["history"]] for m in runs])
+        ep = np.arange(1, curves.shape[1] + 1)
+        axes[0].plot(ep, 100 * curves.mean(0), label=rule)
+        losses = np.array([[h["train_loss"] for h in m["history"]] for m in runs])
+        axes[1].plot(ep, losses.mean(0), label=rule)
+    axes[0].set_ylabel("validation accuracy (%)")
+    axes[1].set_ylabel("training loss (rule's objective)")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.legend()
+    fig.suptitle(f"{data}: mean over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def cmd_report(args):
+    base = Path(args.root) / f"e{args.epochs}"
+    base.mkdir(parents=True, exist_ok=True)
+    e = args.epochs
+    lines = [f"# Reproduction of the paper's accuracy tables, {e} epochs", "",
+             "Paper: Kao & Hariharan, NeurIPS 2024, Tables 1 and 3 (test accuracy %, mean ± std over "
+             "5 seeds, 100 epochs). ccledu: the paper's architecture for each dataset, each rule's "
+             "default configuration (tables below). The headline column is the public code's "
+             "protocol: the test accuracy of the epoch with the lowest validation loss (10 % of the "
+             "training set held out). The two columns after it are the test accuracy of the same "
+             "runs under other checkpoint choices (each run records the test accuracy of every "
+             "epoch, `--track-test`): the epoch with the highest validation accuracy, and the last "
+             "epoch. All three choices look only at validation data.", "",
+             f"Commands: `python benchmarks/reproduce.py run --table 1 --epochs {e}` (and "
+             f"`--table 3`), then `python benchmarks/reproduce.py report --epochs {e}`. One run is "
+             f"`ccledu train --rule RULE --model mlp|cnn --data DATA --epochs {e} --seed SEED "
+             f"--track-test`.", ""]
+    every = []
+    for key, table in TABLES.items():
+        res = collect(e, key, args.root)
+        every += [m for by_rule in res.values() for runs in by_rule.values() for m in runs]
+        lines += [f"## {table['title']}", ""] + table_lines(key, res) + [""]
+        lines += [f"Configurations ({table['title']}; 'resolved' rows had no finished run and show "
+                  f"what `ccledu train` would use):", ""] + config_lines(key, res) + [""]
+        for data, by_rule in res.items():
+            name = f"curves_{'' if table['model'] == 'mlp' else table['model'] + '_'}{data}.png"
+            plot_curves(data, by_rule, base / name)
+            lines += [f"![{data}]({name})", ""]
+    machines = sorted({json.dumps(m.get("machine", {"machine": "not recorded"}), sort_keys=True)
+                       for m in every})
+    lines += ["## Where and how", "",
+              "s/epoch is the wall time of one epoch's training steps (`train_seconds`), on a "
               "machine that may have been shared with other jobs; clean step timings are in "
-              "`benchmarks/results/speed_cpu.md`. 'not run' rows have no finished run yet: "
-              "`reproduce.py run` completes the grid (finished runs are kept).", "",
+              "`benchmarks/results/speed_cpu.md`. 'not run: no official files here' rows need the "
+              "dataset's archives (no machine here reaches the CIFAR host); with "
+              "`$CCLEDU_DATA/cifar10/cifar-10-python.tar.gz` (and `cifar100/cifar-100-python.tar.gz`) "
+              "present, the same `run` commands train them.", "",
               "Machines the runs were trained on (from their metrics.json): " + "; ".join(
-                  ", ".join(f"{k} {v}" for k, v in json.loads(m).items()) for m in machines) + ".", "",
-              "CIFAR-10/100 rows read 'not run' when the official archives were not available "
-              "(no machine here reaches the CIFAR host); their configurations are the paper MLPs "
-              "`mlp-cifar10` / `mlp-cifar100` and run with the same command once "
-              "`$CCLEDU_DATA/cifar10/cifar-10-python.tar.gz` is present.", ""]
-    # the configuration each rule actually trained with (from the runs' metrics.json)
-    keys = ("batch_size", "optimizer", "lr_forward", "lr_feedback", "momentum_forward",
-            "clip_forward", "clip_feedback", "centralize", "warmup", "rule_options")
-    lines += ["## Configurations used", "",
-              "Each rule's default configuration as `ccledu train` resolves it (read from the runs' "
-              "`metrics.json`); FA's and DFA's defaults differ from the paper-like MLP protocol "
-              "(see their docstrings, `ccledu/rules/fa.py`, `dfa.py`).", "",
-              "| rule | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-    seen = {}
-    for data, by_rule in res.items():
-        for rule, runs in by_rule.items():
-            seen.setdefault(rule, runs[0]["config"])
-    for rule, cfg in sorted(seen.items()):
-        lines.append(f"| {rule} | " + " | ".join(str(cfg.get(k, "—")) for k in keys) + " |")
-    lines.append("")
+                  ", ".join(f"{k} {v}" for k, v in json.loads(m).items()) for m in machines) + ".", ""]
     notes = base / "NOTES.md"
     if notes.exists():
         lines += ["## Notes", "", notes.read_text().strip(), ""]
-    for data, by_rule in res.items():
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        for rule, runs in by_rule.items():
-            curves = np.array([[h["val_accuracy"] for h in m["history"]] for m in runs])
-            ep = np.arange(1, curves.shape[1] + 1)
-            axes[0].plot(ep, 100 * curves.mean(0), label=rule)
-            losses = np.array([[h["train_loss"] for h in m["history"]] for m in runs])
-            axes[1].plot(ep, losses.mean(0), label=rule)
-        axes[0].set_ylabel("validation accuracy (%)")
-        axes[1].set_ylabel("training loss (rule's objective)")
-        axes[1].set_yscale("log")
-        for ax in axes:
-            ax.set_xlabel("epoch")
-            ax.legend()
-        fig.suptitle(f"{data}: mean over seeds")
-        fig.tight_layout()
-        fig.savefig(base / f"curves_{data}.png", dpi=110)
-        plt.close(fig)
-        lines += [f"![{data}](curves_{data}.png)", ""]
     (base / "REPORT.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {base / 'REPORT.md'}")
     return 0
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Reproduce the paper's MLP table (Table 1).")
+    p = argparse.ArgumentParser(description="Reproduce the paper's accuracy tables (1: MLP, 3: CNN).")
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
-    r.add_argument("--rules", default="bp,fa,dfa,ccl")
-    r.add_argument("--data", default="mnist,fashion-mnist")
+    r.add_argument("--table", default="1", choices=sorted(TABLES), help="1: MLP (default), 3: CNN")
+    r.add_argument("--rules", help="comma-separated (default: every rule of the table)")
+    r.add_argument("--data", help="comma-separated (default: every dataset of the table; "
+                   "datasets without files here are skipped)")
     r.add_argument("--seeds", default="0,1,2")
     r.add_argument("--epochs", type=int, default=100)
     r.add_argument("--jobs", type=int, default=1, help="runs in parallel")

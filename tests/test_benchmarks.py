@@ -1,5 +1,6 @@
 """The benchmark harnesses run end to end (tiny settings) and write what their reports promise."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +10,9 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def _run(*args, cwd=None):
-    res = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, cwd=cwd)
+def _run(*args, env=None):
+    res = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
+                         env=None if env is None else {**os.environ, **env})
     assert res.returncode == 0, res.stdout + res.stderr
     return res.stdout
 
@@ -31,9 +33,23 @@ def test_reproduce_runs_resumes_and_reports(tmp_path):
     assert cells[2] == "1" and cells[3].startswith(f"{100 * m['test_accuracy']:.2f}")
     assert cells[4] == "98.19 ± 0.10"                         # the paper's number beside ours
     assert cells[6].startswith(f"{100 * m['selections']['highest_val_accuracy']['test_accuracy']:.2f}")
-    assert "| fashion-mnist | bp | 0 | not run |" in report
+    assert "| fashion-mnist | bp | 0 | not run" in report
+    # Table 3 has no runs: its rows say why, and its configurations are resolved and shown
+    assert "| cifar10 | ccl | 0 | not run" in report
+    table3 = report[report.index("## Table 3"):]
+    cfg = next(line for line in table3.splitlines() if line.startswith("| cifar10 | bp | resolved |"))
+    assert "| 0.03 |" in cfg and "| 200 |" in cfg          # the public BP CNN optimiser
     assert (tmp_path / "e1/curves_mnist.png").stat().st_size > 1000
     assert m["machine"]["cores"] >= 1 and "platform" in report
+
+
+def test_reproduce_skips_datasets_that_are_not_here(tmp_path):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    out = _run(BENCH / "reproduce.py", "run", "--table", "3", "--epochs", "1", "--root", tmp_path / "r",
+               env={"CCLEDU_DATA": str(empty), "HOME": str(tmp_path)})
+    assert "skip cifar10: dataset 'cifar10' not found" in out and "skip cifar100" in out
+    assert not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow

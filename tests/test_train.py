@@ -92,3 +92,15 @@ def test_track_test_records_test_accuracy_and_selections(tmp_path):
     assert "test_accuracy" not in plain["history"][0] and "selections" not in plain
     with pytest.raises(ValueError, match="track_test"):
         selections(plain["history"])
+
+
+def test_bp_cnn_on_cifar_resolves_to_the_public_bp_cnn_optimiser():
+    for data in ("cifar10", "cifar100"):
+        c = resolve(TrainConfig(rule="bp", model="cnn", data=data))
+        assert (c.batch_size, c.lr_forward, c.momentum_forward, c.weight_decay_forward, c.clip_forward,
+                c.warmup, c.cosine_tmax, c.eta_min, c.centralize) == (256, 0.03, 0.5, 1e-5, 0.0, 200,
+                                                                       100, 1e-3, True)
+    # everything else keeps the project protocol
+    for model, data in (("mlp", "cifar10"), ("cnn", "mnist")):
+        c = resolve(TrainConfig(rule="bp", model=model, data=data))
+        assert (c.batch_size, c.lr_forward, c.momentum_forward, c.clip_forward) == (256, 1.0, 0.0, 1.0)
