@@ -233,8 +233,9 @@ def cmd_report(args):
             name = f"curves_{'' if table['model'] == 'mlp' else table['model'] + '_'}{data}.png"
             plot_curves(data, by_rule, base / name)
             lines += [f"![{data}]({name})", ""]
-    machines = sorted({json.dumps(m.get("machine", {"machine": "not recorded"}), sort_keys=True)
-                       for m in every})
+    machines = sorted({json.dumps({k: v for k, v in m.get("machine", {"machine": "not recorded"}).items()
+                                   if k != "date"}, sort_keys=True) for m in every})
+    dates = sorted(m["machine"]["date"] for m in every if "date" in m.get("machine", {}))
     lines += ["## Where and how", "",
               "s/epoch is the wall time of one epoch's training steps (`train_seconds`), on a "
               "machine that may have been shared with other jobs; clean step timings are in "
@@ -243,7 +244,8 @@ def cmd_report(args):
               "`$CCLEDU_DATA/cifar10/cifar-10-python.tar.gz` (and `cifar100/cifar-100-python.tar.gz`) "
               "present, the same `run` commands train them.", "",
               "Machines the runs were trained on (from their metrics.json): " + "; ".join(
-                  ", ".join(f"{k} {v}" for k, v in json.loads(m).items()) for m in machines) + ".", ""]
+                  ", ".join(f"{k} {v}" for k, v in json.loads(m).items()) for m in machines)
+              + (f"; runs finished between {dates[0]} and {dates[-1]}." if dates else "."), ""]
     notes = base / "NOTES.md"
     if notes.exists():
         lines += ["## Notes", "", notes.read_text().strip(), ""]
