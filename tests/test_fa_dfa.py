@@ -296,3 +296,17 @@ def test_fa_alignment_improves_during_training():
         assert angles[-1] < 90.0, angles
         print(f"FA align_bp/{l} by epoch (0 = init): {[round(a, 1) for a in angles]}")
     assert history[-1]["align_weights/1"] < start["align_weights/1"]
+
+
+def test_trainer_defaults_for_long_runs():
+    """FA/DFA defaults carry a cosine over the paper's 100 epochs (DFA also weight decay): at a
+    constant rate their training loss rises over a 100-epoch run (see fa.py / dfa.py)."""
+    train = pytest.importorskip("ccledu.train")
+    fa = train.resolve(train.TrainConfig(rule="fa", model="mlp", data="mnist"))
+    assert (fa.batch_size, fa.lr_forward, fa.momentum_forward, fa.centralize, fa.cosine_tmax,
+            fa.eta_min, fa.weight_decay_forward) == (32, 0.03, 0.9, True, 100, 1e-3, 0.0)
+    dfa = train.resolve(train.TrainConfig(rule="dfa", model="mlp", data="fashion-mnist"))
+    assert (dfa.batch_size, dfa.lr_forward, dfa.momentum_forward, dfa.weight_decay_forward,
+            dfa.cosine_tmax) == (128, 0.2, 0.5, 1e-4, 100)
+    short = train.resolve(train.TrainConfig(rule="dfa", cosine_tmax=0, weight_decay_forward=0.0))
+    assert short.cosine_tmax == 0 and short.weight_decay_forward == 0.0   # explicit settings win

@@ -39,8 +39,14 @@ from .base import FixedFeedbackRule, StepResult
 #: grows with them and oscillates. Smaller batches with a smaller, momentum-smoothed step,
 #: plus gradient centralization (which removes the mean-input drift that drives that growth),
 #: reach 93.2 % test after 2 epochs (seed 0; sweep of batch 16-256, lr 0.01-3, momentum 0-0.95).
+#: For long runs the learning rate follows a cosine over 100 epochs (the paper's run length) down
+#: to eta_min = 1e-3: at a constant rate the training loss of the paper MLP *rises* after epoch 3
+#: (Fashion-MNIST, seed 0: 0.51 -> 1.27 by epoch 100) and the validation accuracy swings by
+#: points between epochs; with the schedule the loss falls to 0.26 and the epoch of lowest
+#: validation loss is epoch 99 (validation accuracy 87.9 % there against 83.7 % at the constant
+#: rate's epoch 4). Over the first 2 epochs the schedule changes the rate by < 0.1 %.
 _DEFAULTS: dict = {"batch_size": 32, "lr_forward": 0.03, "momentum_forward": 0.9,
-                   "centralize": True}
+                   "centralize": True, "cosine_tmax": 100}
 
 
 def _device_array(host, like, dtype):
