@@ -79,7 +79,8 @@ def missing_data(data: str) -> str | None:
     try:
         dataset_dir(data)
     except FileNotFoundError as e:
-        return str(e).splitlines()[0]
+        first = str(e).splitlines()[0].removesuffix(" in one of")
+        return f"{first} (put them in $CCLEDU_DATA/{data}/)"
     return None
 
 
