@@ -187,25 +187,32 @@ def make_step(rule, kind, x, y, sizes=None, channels=None, act="elu", seed=0):
         return step
 
     if rule == "ff":
+        # the computation of ccledu's FF() step: the softmax head on the neutral input (label
+        # entries v/C; only the head learns from it), then every hidden block on the stacked
+        # [positive; negative] rows with its own threshold loss on the sum goodness, θ = 2
         theta = 2.0
 
-        def overlay(xx, labels):
+        def overlay(xx, labels=None):
             xx = xx.clone().reshape(len(xx), -1)
-            xx[:, :C] = F.one_hot(labels, C).float() * xx.max()
+            v = xx.max()
+            xx[:, :C] = v / C if labels is None else F.one_hot(labels, C).float() * v
             return xx.reshape(x.shape)
 
         def step():
+            with torch.no_grad():
+                hz = overlay(x)
+                for l in range(L - 1):
+                    hz = block(l, norm_in(hz))
+            loss = F.cross_entropy(block(L - 1, norm_in(hz)), y)
             neg = (y + torch.randint(1, C, y.shape, generator=g)) % C
-            hp, hn = overlay(x, y), overlay(x, neg)
-            loss = 0
+            h = torch.cat([overlay(x, y), overlay(x, neg)])
+            n = len(y)
             for l in range(L - 1):
-                hp = block(l, norm_in(hp.detach()))
-                hn = block(l, norm_in(hn.detach()))
-                gp = hp.reshape(len(y), -1).pow(2).mean(1)
-                gn = hn.reshape(len(y), -1).pow(2).mean(1)
-                loss = loss + F.softplus(-(gp - theta)).mean() + F.softplus(gn - theta).mean()
+                h = block(l, norm_in(h.detach()))
+                good = h.reshape(2 * n, -1).pow(2).sum(1)
+                loss = loss + F.softplus(theta - good[:n]).mean() + F.softplus(good[n:] - theta).mean()
             loss.backward()
-            _sgd(Ws[:-1])
+            _sgd(Ws)
         return step
 
     raise ValueError(rule)

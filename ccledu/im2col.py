@@ -62,9 +62,10 @@ def im2col(x, kh: int, kw: int, stride: int = 1, pad: int = 0):
     N, C, H, W = x.shape
     oh = conv_output_size(H, kh, stride, pad)
     ow = conv_output_size(W, kw, stride, pad)
-    if pad:
-        x = xp.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    xt = x.transpose(1, 0, 2, 3)                       # (C, N, H+2p, W+2p), a view
+    # one copy that pads and goes channel-major: (C, N, H+2p, W+2p), so that every tap below
+    # reads whole (N, OH, OW) blocks of one channel that lie together in memory
+    xt = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
+    xt[:, :, pad:pad + H, pad:pad + W] = x.transpose(1, 0, 2, 3)
     col = xp.empty((C, kh, kw, N, oh, ow), dtype=x.dtype)
     ### BEGIN SOLUTION  Task 2.3: im2col tap loop
     for i in range(kh):
@@ -102,8 +103,9 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):
                          f"{(N * oh * ow, C * kh * kw)}")
     # (C, kh, kw, N, oh, ow): free when cols is the transposed view im2col and Conv2d produce
     col = cols.T.reshape(C, kh, kw, N, oh, ow)
-    img = xp.zeros((N, C, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
-    imgt = img.transpose(1, 0, 2, 3)                   # (C, N, H+2p, W+2p), a view of img
+    # accumulate channel-major (C, N, H+2p, W+2p), like im2col reads; one copy at the end
+    # turns it into (N, C, H, W) and drops the padding
+    imgt = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
     ### BEGIN SOLUTION  Task 2.4: col2im tap loop
     for i in range(kh):
         i_end = i + stride * oh
@@ -111,6 +113,4 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):
             j_end = j + stride * ow
             imgt[:, :, i:i_end:stride, j:j_end:stride] += col[:, i, j]
     ### END SOLUTION
-    if pad:
-        return img[:, :, pad:H + pad, pad:W + pad]
-    return img
+    return xp.ascontiguousarray(imgt[:, :, pad:pad + H, pad:pad + W].transpose(1, 0, 2, 3))
