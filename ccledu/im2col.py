@@ -63,7 +63,7 @@ def im2col(x, kh: int, kw: int, stride: int = 1, pad: int = 0):
     oh = conv_output_size(H, kh, stride, pad)
     ow = conv_output_size(W, kw, stride, pad)
     # one copy that pads and goes channel-major: (C, N, H+2p, W+2p), so that every tap below
-    # reads whole (N, OH, OW) blocks of one channel that lie together in memory
+    # reads, for each channel, from one (N, H+2p, W+2p) block that lies together in memory
     xt = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
     xt[:, :, pad:pad + H, pad:pad + W] = x.transpose(1, 0, 2, 3)
     col = xp.empty((C, kh, kw, N, oh, ow), dtype=x.dtype)
