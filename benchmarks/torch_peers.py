@@ -189,7 +189,10 @@ def make_step(rule, kind, x, y, sizes=None, channels=None, act="elu", seed=0):
     if rule == "ff":
         # the computation of ccledu's FF() step: the softmax head on the neutral input (label
         # entries v/C; only the head learns from it), then every hidden block on the stacked
-        # [positive; negative] rows with its own threshold loss on the sum goodness, θ = 2
+        # [positive; negative] rows with its own threshold loss on the sum goodness, θ = 2.
+        # Simplified: the label goes into the first C inputs with the batch maximum as "on"
+        # value (ccledu: each sample's maximum, and a grating over the whole image for a CNN,
+        # a few more element-wise passes on ccledu's side)
         theta = 2.0
 
         def overlay(xx, labels=None):
