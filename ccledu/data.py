@@ -13,9 +13,10 @@ What this module does, in the order a training run needs it:
    With ``download=True`` missing files are fetched from the official host into the first
    writable choice of that list (``root``, else ``$CCLEDU_DATA``, else the cache).
 2. **Verify** every file's MD5 against the official sum *before* it is parsed
-   (:func:`verify_md5`, raising :class:`ChecksumError`). A CIFAR archive is a set of pickles,
-   and unpickling runs code: an archive is never opened, let alone unpickled, until its MD5
-   matches.
+   (:func:`read_verified`, raising :class:`ChecksumError`): each file is read into memory once
+   and the digest is computed from the very bytes that are then parsed, every time a dataset is
+   loaded (no cache). A CIFAR archive is a set of pickles, and unpickling runs code: only the
+   verified bytes are ever unpickled.
 3. **Parse** them: IDX files (:func:`read_idx`) for the MNIST family, the pickled batches inside
    the ``.tar.gz`` for CIFAR. :func:`load_dataset` returns a :class:`Dataset` of ``uint8`` images
    (N, C, H, W) and ``int64`` labels (N,).
@@ -37,8 +38,10 @@ import io
 import os
 import pickle
 import tarfile
+import sys
 import tempfile
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
@@ -50,7 +53,7 @@ from .backend import get_array_module, rng as make_rng, resolve_dtype
 __all__ = [
     "DATASETS", "DatasetInfo", "Dataset", "Splits", "ChecksumError",
     "EMBEDDED_DATA_DIR", "CACHE_DIR", "ENV_VAR",
-    "md5sum", "verify_md5", "dataset_dir", "download_file",
+    "md5sum", "verify_md5", "read_verified", "dataset_dir", "download_file",
     "read_idx", "write_idx", "read_cifar_archive", "write_cifar_archive",
     "load_dataset", "normalize", "prepare", "batches", "cifar_augment", "one_hot",
 ]
@@ -222,39 +225,54 @@ class ChecksumError(ValueError):
     """A file's MD5 sum differs from the expected one (corrupt, truncated or wrong version)."""
 
 
-_MD5_CACHE: dict[tuple, str] = {}
-
-
 def md5sum(path, chunk_size: int = 1 << 20) -> str:
-    """Hex MD5 digest of a file.
+    """Hex MD5 digest of a file, computed from its bytes on every call.
 
-    Results are remembered in-process per (absolute path, size, modification time), so loading
-    the same dataset twice hashes it once; any change to the file changes the key.
+    Nothing is cached: a cache keyed on (path, size, modification time) can be fooled by a file
+    swapped for same-size content with its mtime put back, so every call reads the file.
     """
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _mismatch(path, expected: str, actual: str) -> ChecksumError:
     path = Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    digest = _MD5_CACHE.get(key)
-    if digest is None:
-        h = hashlib.md5()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(chunk_size), b""):
-                h.update(chunk)
-        digest = h.hexdigest()
-        _MD5_CACHE[key] = digest
-    return digest
+    return ChecksumError(
+        f"checksum mismatch for {path}: expected md5 {expected.lower()}, got {actual}. "
+        f"The file is corrupt, truncated or not the official version. Fix: delete {path} "
+        f"and download it again (load_dataset(..., download=True)) or copy a fresh official "
+        f"copy into {path.parent}.")
 
 
 def verify_md5(path, expected: str) -> None:
-    """Raise :class:`ChecksumError` unless ``md5sum(path) == expected``."""
-    path = Path(path)
+    """Raise :class:`ChecksumError` unless ``md5sum(path) == expected``.
+
+    This only says what the file held when it was hashed. To *use* a file, read it with
+    :func:`read_verified`, which checks the very bytes it returns.
+    """
     actual = md5sum(path)
     if actual != expected.lower():
-        raise ChecksumError(
-            f"checksum mismatch for {path}: expected md5 {expected.lower()}, got {actual}. "
-            f"The file is corrupt, truncated or not the official version. Fix: delete {path} "
-            f"and download it again (load_dataset(..., download=True)) or copy a fresh official "
-            f"copy into {path.parent}.")
+        raise _mismatch(path, expected, actual)
+
+
+def read_verified(path, expected: str) -> bytes:
+    """The bytes of ``path``, returned only when their MD5 equals ``expected``.
+
+    The file is read once into memory and the digest is computed from those bytes, so what a
+    parser later sees is exactly what was checked: a file changed on disk after this call (or
+    between two loads in a long-running notebook) cannot slip past the check.
+    Raises :class:`ChecksumError` on a mismatch.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        blob = f.read()
+    actual = hashlib.md5(blob).hexdigest()
+    if actual != expected.lower():
+        raise _mismatch(path, expected, actual)
+    return blob
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,6 +290,16 @@ def _candidate_dirs(info: DatasetInfo, root) -> list[Path]:
     dirs.append(EMBEDDED_DATA_DIR / info.name)
     dirs.append(CACHE_DIR / info.name)
     return dirs
+
+
+def _note_fallback(info: DatasetInfo, wanted: Path, used: Path) -> None:
+    """One line on stderr: $CCLEDU_DATA was set but does not hold the dataset, so another copy
+    (the embedded one, or the cache) is used instead."""
+    missing = [f for f in info.files if not (wanted / f).is_file()]
+    where = "the embedded copy" if used == EMBEDDED_DATA_DIR / info.name else "the copy"
+    print(f"ccledu: note: {ENV_VAR}={os.environ.get(ENV_VAR)} has no {info.name}/ with the "
+          f"official files ({wanted} lacks {', '.join(missing)}); using {where} in {used}",
+          file=sys.stderr)
 
 
 def _download_dir(info: DatasetInfo, root) -> Path:
@@ -318,8 +346,10 @@ def dataset_dir(name, root=None, download: bool = False, checksums: dict | None 
     info = _lookup(name)
     sums = {**info.files, **(checksums or {})}
     candidates = _candidate_dirs(info, root)
-    for d in candidates:
+    for i, d in enumerate(candidates):
         if all((d / f).is_file() for f in info.files):
+            if i > 0 and root is None and os.environ.get(ENV_VAR):
+                _note_fallback(info, candidates[0], d)
             return d
     if download:
         target = _download_dir(info, root)
@@ -327,11 +357,11 @@ def dataset_dir(name, root=None, download: bool = False, checksums: dict | None 
             if not (target / f).is_file():
                 download_file(info.url + f, target / f, sums[f])
         return target
-    searched = "\n".join(f"  {d}" for d in candidates)
+    searched = "; ".join(str(d) for d in candidates)
     expected = ", ".join(info.files)
     raise FileNotFoundError(
-        f"dataset {info.name!r} not found: expected the official files {expected} in one of\n"
-        f"{searched}\n"
+        f"dataset {info.name!r} not found: expected the official files {expected} in one of: "
+        f"{searched}. "
         f"Fix: put the files in a folder {info.name}/ under a directory and set {ENV_VAR} to that "
         f"directory (e.g. export {ENV_VAR}=/path/to/data with /path/to/data/{info.name}/...), "
         f"pass root=..., or pass download=True to fetch them from {info.url}")
@@ -350,11 +380,16 @@ def read_idx(source) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzip-compressed or raw.
 
     Layout: two zero bytes, one type byte (0x08 = uint8, ...), one byte ndim, then ndim
-    big-endian uint32 sizes, then the data in C order, big-endian. ``source`` is a path or a
-    binary file object; gzip is recognised by its magic bytes (1f 8b), whatever the name.
-    Returns a native-byte-order array of shape (d_1, ..., d_ndim).
+    big-endian uint32 sizes, then the data in C order, big-endian. ``source`` is a path, a
+    binary file object or the file's bytes; gzip is recognised by its magic bytes (1f 8b),
+    whatever the name. Returns a native-byte-order array of shape (d_1, ..., d_ndim).
+
+    Any damage (a broken gzip stream, a short header, a size that disagrees with the header)
+    raises ``ValueError`` with one line naming the file and what is wrong.
     """
-    if hasattr(source, "read"):
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        raw, label = bytes(source), "<IDX bytes>"
+    elif hasattr(source, "read"):
         raw = source.read()
         label = getattr(source, "name", "<file object>")
     else:
@@ -362,15 +397,23 @@ def read_idx(source) -> np.ndarray:
         with open(source, "rb") as f:
             raw = f.read()
     if raw[:2] == b"\x1f\x8b":
-        raw = gzip.decompress(raw)
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:      # BadGzipFile is an OSError
+            raise ValueError(f"{label}: the gzip stream is damaged ({type(e).__name__}: {e}); the "
+                             f"file is truncated or corrupt. Fix: delete it and fetch a fresh "
+                             f"copy") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise ValueError(f"{label} is not an IDX file: bad magic number {raw[:4].hex()} "
                          f"(expected 0000 + a type byte in {[hex(k) for k in _IDX_TYPES]} + ndim)")
     dtype = np.dtype(_IDX_TYPES[raw[2]])
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{label}: the IDX header announces {ndim} dimensions but the file ends "
+                         f"after {len(raw)} bytes; the file is truncated or corrupt")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = int(np.prod(dims, dtype=object)) * dtype.itemsize
     if len(raw) - header != expected:
         raise ValueError(f"{label}: IDX header announces shape {dims} ({expected} data bytes) "
                          f"but the file holds {len(raw) - header}; the file is truncated or "
@@ -398,8 +441,16 @@ def write_idx(path, array) -> Path:
     return path
 
 
-def _load_idx_dataset(info: DatasetInfo, d: Path) -> dict:
-    arrays = {key: read_idx(d / fname) for key, fname in info.splits.items()}
+def _load_idx_dataset(info: DatasetInfo, d: Path, blobs: dict | None = None) -> dict:
+    """The four IDX arrays of ``info``; ``blobs`` ({file name: verified bytes}) when given, else
+    the files in ``d``."""
+    arrays = {}
+    for key, fname in info.splits.items():
+        src = d / fname
+        if blobs is not None:
+            src = io.BytesIO(blobs[fname])
+            src.name = str(d / fname)
+        arrays[key] = read_idx(src)
     out = {}
     for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
@@ -415,32 +466,53 @@ def _load_idx_dataset(info: DatasetInfo, d: Path) -> dict:
 # CIFAR (pickled batches inside a tar.gz)
 # --------------------------------------------------------------------------------------------
 
-def read_cifar_archive(path, kind: str) -> dict:
-    """Read a CIFAR archive **whose MD5 has already been verified** (see :func:`load_dataset`).
+def read_cifar_archive(path, kind: str, blob: bytes | None = None, md5: str | None = None) -> dict:
+    """Read a CIFAR archive (a ``.tar.gz`` of pickled batches).
+
+    Unpickling runs code, so the pickles must come from bytes whose MD5 was checked: pass the
+    verified bytes as ``blob`` (what :func:`load_dataset` does, from :func:`read_verified`), or
+    ``md5`` to have the file read and checked here. With neither, ``path`` is read as it is and
+    the caller vouches for it. ``path`` names the archive in messages.
 
     Only the known members are read; each is a pickle of a dict with ``b"data"`` (uint8,
     (n, 3072), channel-major: 1024 red, 1024 green, 1024 blue values of a 32×32 image) and
     ``b"labels"`` (CIFAR-10) or ``b"fine_labels"`` (CIFAR-100). Returns ``train_x``/``test_x``
-    uint8 (N, 3, 32, 32) and ``train_y``/``test_y`` int64 (N,).
+    uint8 (N, 3, 32, 32) and ``train_y``/``test_y`` int64 (N,). A damaged archive raises
+    ``ValueError`` with one line.
     """
     layout = _CIFAR_LAYOUT[_lookup(kind).name]
     key = layout["label_key"]
+    if blob is None and md5 is not None:
+        blob = read_verified(path, md5)
 
     def member(tar, name):
-        f = tar.extractfile(f"{layout['folder']}/{name}")
+        try:
+            f = tar.extractfile(f"{layout['folder']}/{name}")
+        except KeyError:
+            raise ValueError(f"{path}: the archive has no member {layout['folder']}/{name}; it "
+                             f"is not the official CIFAR python archive") from None
         if f is None:
             raise ValueError(f"{path}: member {layout['folder']}/{name} is not a regular file")
         with f:
             d = pickle.load(f, encoding="bytes")
+        if not isinstance(d, dict) or b"data" not in d or key not in d:
+            raise ValueError(f"{path}: member {name} does not hold a CIFAR batch (a dict with "
+                             f"b'data' and {key!r})")
         x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         y = np.asarray(d[key], dtype=np.int64).reshape(-1)
         if len(x) != len(y):
             raise ValueError(f"{path}: {name} has {len(x)} images but {len(y)} labels")
         return x, y
 
-    with tarfile.open(path, "r:gz") as tar:
-        parts = [member(tar, n) for n in layout["train"]]
-        test_x, test_y = member(tar, layout["test"])
+    try:
+        with (tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") if blob is not None
+              else tarfile.open(path, "r:gz")) as tar:
+            parts = [member(tar, n) for n in layout["train"]]
+            test_x, test_y = member(tar, layout["test"])
+    except (tarfile.TarError, OSError, EOFError, zlib.error, pickle.UnpicklingError) as e:
+        raise ValueError(f"{path}: cannot read the CIFAR archive ({type(e).__name__}: {e}); the "
+                         f"file is truncated or corrupt. Fix: delete it and fetch a fresh "
+                         f"copy") from None
     return dict(train_x=np.concatenate([p[0] for p in parts]),
                 train_y=np.concatenate([p[1] for p in parts]),
                 test_x=test_x, test_y=test_y)
@@ -512,19 +584,24 @@ def load_dataset(name, root=None, download: bool = False, checksums: dict | None
     :func:`dataset_dir`. ``checksums``: {file name: md5} overriding the official sums (for test
     files written with :func:`write_idx` / :func:`write_cifar_archive`).
 
-    Every file's MD5 is checked before it is parsed; a mismatch raises :class:`ChecksumError`.
+    Every file is read into memory once, its MD5 computed from those bytes and compared before
+    they are parsed (:func:`read_verified`); a mismatch raises :class:`ChecksumError`. Nothing is
+    cached, so a file replaced on disk between two loads is checked again.
     Returns a :class:`Dataset`: ``train_x`` (N, C, H, W) uint8, ``train_y`` (N,) int64, and the
     same for test.
     """
     info = _lookup(name)
     sums = {**info.files, **(checksums or {})}
     d = dataset_dir(info, root=root, download=download, checksums=checksums)
-    for fname in info.files:                      # verify everything BEFORE parsing anything
-        verify_md5(d / fname, sums[fname])
+    # Read every file once, hash those bytes, and parse only them (never the file again): what
+    # is parsed -- or, for CIFAR, unpickled -- is exactly what was checked.
+    blobs = {fname: read_verified(d / fname, sums[fname]) for fname in info.files}
     if info.format == "idx":
-        arrays = _load_idx_dataset(info, d)
+        arrays = _load_idx_dataset(info, d, blobs)
     else:
-        arrays = read_cifar_archive(d / next(iter(info.files)), info.name)
+        fname = next(iter(info.files))
+        arrays = read_cifar_archive(d / fname, info.name, blob=blobs.pop(fname))
+    del blobs
     for split in ("train", "test"):
         x, y = arrays[f"{split}_x"], arrays[f"{split}_y"]
         if x.shape[1:] != info.input_shape:

@@ -149,17 +149,18 @@ def test_corrupted_byte_raises_checksum_error(tmp_path):
     assert "delete" in msg and "download=True" in msg
 
 
-def test_md5_is_cached_per_path_size_mtime(tmp_path, monkeypatch):
+def test_md5_is_recomputed_on_every_call(tmp_path, monkeypatch):
     f = tmp_path / "f"
     f.write_bytes(b"abc")
     first = D.md5sum(f)
     calls = []
     real = D.hashlib.md5
     monkeypatch.setattr(D.hashlib, "md5", lambda *a: calls.append(1) or real(*a))
-    assert D.md5sum(f) == first and not calls        # served from the cache
-    f.write_bytes(b"abcd")
-    os.utime(f, ns=(1, 10**9 + 7))
-    assert D.md5sum(f) != first and calls             # changed file: hashed again
+    assert D.md5sum(f) == first and calls             # no cache: hashed again
+    st = f.stat()
+    f.write_bytes(b"abd")                             # same size, other content, mtime put back
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert D.md5sum(f) != first
 
 
 def test_missing_dataset_gives_clear_error(tmp_path, monkeypatch):
