@@ -159,7 +159,7 @@ _DEFAULTS = {"rule": "bp", "model": "mlp", "data": "mnist", "seed": 0, "dtype": 
              "backend": "numpy"}
 
 #: optional sub-commands living in other modules: name -> module with ``add_parser(sub)``
-EXTRA_COMMANDS = ["ccledu.trace", "ccledu.course", "ccledu.autoencoder"]
+EXTRA_COMMANDS = ["ccledu.trace", "ccledu.course", "ccledu.autoencoder", "ccledu.sweep"]
 
 
 def build_parser():
