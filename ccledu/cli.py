@@ -159,7 +159,8 @@ _DEFAULTS = {"rule": "bp", "model": "mlp", "data": "mnist", "seed": 0, "dtype": 
              "backend": "numpy"}
 
 #: optional sub-commands living in other modules: name -> module with ``add_parser(sub)``
-EXTRA_COMMANDS = ["ccledu.trace", "ccledu.course", "ccledu.autoencoder", "ccledu.sweep"]
+EXTRA_COMMANDS = ["ccledu.trace", "ccledu.course", "ccledu.autoencoder", "ccledu.sweep",
+                  "ccledu.book"]
 
 
 def build_parser():
