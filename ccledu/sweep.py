@@ -520,8 +520,14 @@ def point_label(point: dict) -> str:
 class Sweep:
     """A validated spec with its runs. ``run()`` trains what is missing; ``tables()`` renders."""
 
-    def __init__(self, spec: dict, root=None, data_root: str | None = None):
+    def __init__(self, spec: dict, root=None, data_root: str | None = None, groups=None):
         self.spec = validate(spec)
+        if groups:
+            names = [g["name"] for g in self.spec["groups"]]
+            unknown = sorted(set(groups) - set(names))
+            if unknown:
+                raise SpecError(f"no group named {unknown} in the spec; its groups: {names}")
+            self.spec["groups"] = [g for g in self.spec["groups"] if g["name"] in groups]
         self.root = Path(root or self.spec["root"])
         self.data_root = data_root
         self.runs: dict[str, Run] = {}
@@ -853,10 +859,10 @@ def _jsonable(sel):
 
 
 def run_sweep(spec: dict, *, root=None, scheduler=None, workers=None, threads=None,
-              only=None, progress=True, data_root=None, log=print) -> tuple:
+              only=None, progress=True, data_root=None, groups=None, log=print) -> tuple:
     """Build the sweep of ``spec`` (a dict as ``load_spec`` returns), run what is missing and
     write its tables. Returns (sweep, report)."""
-    sweep = Sweep(spec, root=root, data_root=data_root)
+    sweep = Sweep(spec, root=root, data_root=data_root, groups=groups)
     ex = make_executor(scheduler, workers, threads)
     try:
         report = sweep.run(ex, only=only, progress=progress, log=log)
@@ -890,6 +896,8 @@ def add_parser(sub):
                    help="'search': run the search phase of [select] only (default all)")
     p.add_argument("--data-root", default=None, help="folder holding <dataset>/ (not part of a "
                    "run's identity; default $CCLEDU_DATA, then the embedded data/)")
+    p.add_argument("--groups", default=None,
+                   help="comma-separated group names: run (and tabulate) only these groups")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rewrite the tables from the finished runs and list what "
                         "is missing")
@@ -901,7 +909,7 @@ def add_parser(sub):
 def cmd_sweep(args) -> int:
     spec = load_spec(args.spec)
     if args.report_only:
-        sweep = Sweep(spec, root=args.out, data_root=args.data_root)
+        sweep = Sweep(spec, root=args.out, data_root=args.data_root, groups=_groups(args))
         if sweep.spec["select"] and args.only != "search":
             sweep.add_final_runs()
         todo = sweep.todo()
@@ -913,7 +921,11 @@ def cmd_sweep(args) -> int:
         return 0
     sweep, report = run_sweep(spec, root=args.out, scheduler=args.scheduler, workers=args.workers,
                               threads=args.threads, only=args.only, progress=not args.quiet,
-                              data_root=args.data_root)
+                              data_root=args.data_root, groups=_groups(args))
     print(f"{report['ran']} run(s) trained, {report['kept']} kept, {len(report['failed'])} failed; "
           f"tables in {sweep.root}/results.md")
     return 1 if report["failed"] else 0
+
+
+def _groups(args):
+    return [g.strip() for g in args.groups.split(",") if g.strip()] if args.groups else None
