@@ -12,6 +12,13 @@ RULES = {
     "dfa": "ccledu.rules.dfa:DFA",
     "ccl": "ccledu.rules.ccl:CCL",
     "ff": "ccledu.rules.ff:FF",
+    "drtp": "ccledu.rules.drtp:DRTP",
+    "dtp": "ccledu.rules.dtp:DTP",
+    "drl": "ccledu.rules.drl:DRL",
+    "ldrl": "ccledu.rules.ldrl:LDRL",
+    "fwdtp": "ccledu.rules.fwdtp:FWDTP",
+    "sign": "ccledu.rules.sign_symmetry:SignSymmetry",
+    "kp": "ccledu.rules.kolen_pollack:KolenPollack",
 }
 
 
