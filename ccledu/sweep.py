@@ -359,9 +359,15 @@ def execute(config: dict, out: str, threads: int = 1) -> dict:
     metrics (as written to ``out/metrics.json``). Divergence is a result: when ``train.run``
     raises ``DivergenceError`` without writing a metrics.json, one with ``status`` "diverged"
     and the error message is written here."""
-    from threadpoolctl import threadpool_limits
-
     from .train import DivergenceError, TrainConfig, _json_default, run
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover  (pip install 'ccledu[sweep]' brings it)
+        import contextlib
+
+        def threadpool_limits(limits):
+            return contextlib.nullcontext()
 
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -429,7 +435,7 @@ class DaskExecutor:
     """Runs go to a Dask distributed scheduler (``address``), or to a new ``LocalCluster`` of
     ``workers`` processes with one thread each when ``address == "local"``."""
 
-    def __init__(self, address: str, workers: int, threads: int):
+    def __init__(self, address: str, workers: int, threads: int, timeout: float = 20):
         try:
             from distributed import Client, LocalCluster
         except ImportError:
@@ -442,7 +448,7 @@ class DaskExecutor:
             self.client = Client(self.cluster)
         else:
             try:
-                self.client = Client(address, timeout="20s")
+                self.client = Client(address, timeout=f"{timeout}s")
             except (OSError, TimeoutError) as e:
                 raise RuntimeError(f"cannot reach the Dask scheduler at {address!r} ({e}); start "
                                    f"one with `dask scheduler` (or dask-jobqueue, see "
@@ -472,7 +478,7 @@ class DaskExecutor:
 
 
 def make_executor(scheduler: str | None = None, workers: int | None = None,
-                  threads: int | None = None):
+                  threads: int | None = None, timeout: float = 20):
     """The executor for ``scheduler`` (None: local pool). Defaults: ``workers`` = cores //
     threads, ``threads`` = max(1, cores // workers); a warning when workers × threads > cores
     on the local machine."""
@@ -489,7 +495,7 @@ def make_executor(scheduler: str | None = None, workers: int | None = None,
         print(f"ccledu sweep: warning: {workers} workers × {threads} BLAS threads > {cores} cores: "
               f"runs will compete for the CPU", file=sys.stderr)
     if scheduler:
-        return DaskExecutor(scheduler, workers, threads)
+        return DaskExecutor(scheduler, workers, threads, timeout)
     return LocalPool(workers, threads)
 
 
@@ -859,11 +865,12 @@ def _jsonable(sel):
 
 
 def run_sweep(spec: dict, *, root=None, scheduler=None, workers=None, threads=None,
-              only=None, progress=True, data_root=None, groups=None, log=print) -> tuple:
+              only=None, progress=True, data_root=None, groups=None, timeout=20,
+              log=print) -> tuple:
     """Build the sweep of ``spec`` (a dict as ``load_spec`` returns), run what is missing and
     write its tables. Returns (sweep, report)."""
     sweep = Sweep(spec, root=root, data_root=data_root, groups=groups)
-    ex = make_executor(scheduler, workers, threads)
+    ex = make_executor(scheduler, workers, threads, timeout)
     try:
         report = sweep.run(ex, only=only, progress=progress, log=log)
     finally:
@@ -892,6 +899,8 @@ def add_parser(sub):
     p.add_argument("--scheduler", default=None,
                    help="Dask scheduler address (tcp://host:8786) to run on a cluster, or 'local' "
                         "for a Dask LocalCluster; default: a local process pool")
+    p.add_argument("--connect-timeout", type=float, default=20,
+                   help="seconds to wait for the Dask scheduler (default 20)")
     p.add_argument("--only", choices=["search", "all"], default="all",
                    help="'search': run the search phase of [select] only (default all)")
     p.add_argument("--data-root", default=None, help="folder holding <dataset>/ (not part of a "
@@ -921,7 +930,8 @@ def cmd_sweep(args) -> int:
         return 0
     sweep, report = run_sweep(spec, root=args.out, scheduler=args.scheduler, workers=args.workers,
                               threads=args.threads, only=args.only, progress=not args.quiet,
-                              data_root=args.data_root, groups=_groups(args))
+                              data_root=args.data_root, groups=_groups(args),
+                              timeout=args.connect_timeout)
     print(f"{report['ran']} run(s) trained, {report['kept']} kept, {len(report['failed'])} failed; "
           f"tables in {sweep.root}/results.md")
     return 1 if report["failed"] else 0
