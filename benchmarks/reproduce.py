@@ -6,16 +6,19 @@
 
 ``run`` trains every (rule, dataset, seed) of a table with the paper's architecture for the
 dataset (``--model mlp``: 784-256×5-10 on MNIST-like data, 3072-1024×3-C on CIFAR; ``--model cnn``:
-the five-block CIFAR CNN) and the rule's default configuration, writing
-``benchmarks/results/reproduce/e<epochs>/[cnn/]<data>/<rule>/seed<k>/metrics.json`` (Table 3 runs
-under ``cnn/``). Every run records the test accuracy of every epoch (``--track-test``), so the
-report can show what other checkpoint choices would give; the headline number is the public
-code's choice, the epoch with the lowest validation loss.
+the five-block CIFAR CNN) and the rule's default configuration. It builds a sweep spec
+(``table_spec``: one group per dataset and rule) and runs it with ``ccledu.sweep`` (the same
+machinery as ``ccledu sweep``: local process pool, or Dask with ``--scheduler``), so every run
+lives in ``benchmarks/results/reproduce/e<epochs>/[cnn/]runs/<config hash>/metrics.json``
+(Table 3 under ``cnn/``) beside the sweep's ``results.csv`` / ``results.md``. Every run records
+the test accuracy of every epoch (``track_test``), so the report can show what other checkpoint
+choices would give; the headline number is the public code's choice, the epoch with the lowest
+validation loss.
 
-``run`` is resumable: a run whose metrics.json exists (recorded with --track-test) is not redone;
-an older file stays in place until its replacement has finished. A dataset whose official files
-are not on this machine is skipped with the reason (CIFAR: put the archives under
-$CCLEDU_DATA/cifar10/ and $CCLEDU_DATA/cifar100/).
+``run`` is resumable: a finished run (its folder is the hash of its resolved configuration) is
+not redone; a missing or torn one is. A dataset whose official files are not on this machine is
+skipped with the reason (CIFAR: put the archives under $CCLEDU_DATA/cifar10/ and
+$CCLEDU_DATA/cifar100/).
 
 ``report`` collects whatever has finished into ``benchmarks/results/reproduce/e<epochs>/REPORT.md``
 (mean ± std of the test accuracy over seeds, side by side with the paper; the configuration each
@@ -26,10 +29,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -59,17 +59,22 @@ CONFIG_KEYS = ("model", "batch_size", "optimizer", "lr_forward", "lr_feedback", 
                "cosine_tmax", "rule_options")
 
 
-def run_dir(epochs: int, table: str, data: str, rule: str, seed: int, root: Path = ROOT) -> Path:
+def table_root(epochs: int, table: str, root: Path = ROOT) -> Path:
+    """The sweep folder of a table: ``<root>/e<epochs>/`` (Table 3: ``.../cnn/``); its runs are
+    in ``runs/<config hash>/``."""
     base = Path(root) / f"e{epochs}"
-    if TABLES[table]["model"] != "mlp":
-        base = base / TABLES[table]["model"]
-    return base / data / rule / f"seed{seed}"
+    return base if TABLES[table]["model"] == "mlp" else base / TABLES[table]["model"]
 
 
-def command(epochs: int, table: str, data: str, rule: str, seed: int, root: Path = ROOT) -> list:
-    return [sys.executable, "-m", "ccledu", "train", "--rule", rule, "--model", TABLES[table]["model"],
-            "--data", data, "--epochs", str(epochs), "--seed", str(seed), "--track-test", "--quiet",
-            "--out", str(run_dir(epochs, table, data, rule, seed, root))]
+def table_spec(table: str, datas: list, rules: list, seeds: list, epochs: int) -> dict:
+    """The sweep spec of a table: one group per (dataset, rule), each rule's default
+    configuration, the paper's architecture for the dataset, every epoch's test accuracy
+    recorded (``track_test``)."""
+    return {"name": f"{TABLES[table]['title']}, {epochs} epochs, each rule's default configuration",
+            "seeds": list(seeds),
+            "base": {"model": TABLES[table]["model"], "epochs": epochs, "track_test": True},
+            "groups": [{"name": f"{data}/{rule}", "set": {"rule": rule, "data": data}}
+                       for data in datas for rule in rules]}
 
 
 def missing_data(data: str) -> str | None:
@@ -84,15 +89,13 @@ def missing_data(data: str) -> str | None:
     return None
 
 
-def is_done(d: Path) -> bool:
-    f = d / "metrics.json"
-    return f.exists() and "selections" in json.loads(f.read_text())
-
-
 def cmd_run(args):
+    """Train the missing runs of a table through ``ccledu.sweep`` (the one mechanism for grids)."""
+    from ccledu.sweep import run_sweep
+
     table = TABLES[args.table]
-    rules = args.rules or ",".join(next(iter(table["paper"].values())))
-    todo = []
+    rules = (args.rules or ",".join(next(iter(table["paper"].values())))).split(",")
+    datas = []
     for data in (args.data or DEFAULT_DATA[args.table]).split(","):
         if data not in table["paper"]:
             raise SystemExit(f"reproduce.py: {data!r} is not in {table['title']}; "
@@ -101,35 +104,34 @@ def cmd_run(args):
         if why:
             print(f"skip {data}: {why}")
             continue
-        for rule in rules.split(","):
-            for seed in [int(s) for s in args.seeds.split(",")]:
-                d = run_dir(args.epochs, args.table, data, rule, seed, args.root)
-                if is_done(d):
-                    print(f"done already: {d}")
-                    continue
-                todo.append(command(args.epochs, args.table, data, rule, seed, args.root))
-    running, failed = [], 0
-    for cmd in todo:
-        while len(running) >= args.jobs:
-            failed += sum(p.poll() not in (None, 0) for p in running)
-            running = [p for p in running if p.poll() is None]
-            time.sleep(1)
-        print("start:", " ".join(cmd[1:]), flush=True)
-        running.append(subprocess.Popen(cmd, env={**os.environ, "OPENBLAS_NUM_THREADS": str(args.threads)}))
-    failed += sum(p.wait() != 0 for p in running)
-    if failed:
-        print(f"{failed} run(s) failed; their folders have no new metrics.json (run again to retry)")
-    return 1 if failed else 0
+        datas.append(data)
+    if not datas:
+        return 0
+    spec = table_spec(args.table, datas, rules, [int(s) for s in args.seeds.split(",")], args.epochs)
+    _, report = run_sweep(spec, root=table_root(args.epochs, args.table, args.root),
+                          workers=args.jobs, threads=args.threads, progress=not args.quiet,
+                          scheduler=args.scheduler)
+    if report["failed"]:
+        print(f"{len(report['failed'])} run(s) failed; their folders have no new metrics.json "
+              f"(run again to retry)")
+    return 1 if report["failed"] else 0
 
 
 def collect(epochs: int, table: str, root: Path = ROOT) -> dict:
-    """{data: {rule: [metrics, ...]}} of the finished runs of ``table``."""
+    """{data: {rule: [metrics, ...]}} of the finished runs of ``table`` (its sweep folder)."""
+    from ccledu.sweep import read_metrics, run_status
+
     out = {}
-    base = run_dir(epochs, table, "*", "*", 0, root).parent.parent.parent
-    for f in sorted(base.glob("*/*/seed*/metrics.json")):
-        data, rule = f.parts[-4], f.parts[-3]
-        if data in TABLES[table]["paper"]:
-            out.setdefault(data, {}).setdefault(rule, []).append(json.loads(f.read_text()))
+    for d in sorted(table_root(epochs, table, root).glob("runs/*")):
+        m = read_metrics(d)
+        if run_status(m) != "finished" or "config" not in m:
+            continue
+        data, rule = m["config"]["data"], m["config"]["rule"]
+        if data in TABLES[table]["paper"] and m["config"].get("epochs") == epochs:
+            out.setdefault(data, {}).setdefault(rule, []).append(m)
+    for by_rule in out.values():
+        for runs in by_rule.values():
+            runs.sort(key=lambda m: m["config"]["seed"])
     return out
 
 
@@ -222,7 +224,8 @@ def cmd_report(args):
              f"Commands: `python benchmarks/reproduce.py run --table 1 --epochs {e}` (and "
              f"`--table 3`), then `python benchmarks/reproduce.py report --epochs {e}`. One run is "
              f"`ccledu train --rule RULE --model mlp|cnn --data DATA --epochs {e} --seed SEED "
-             f"--track-test`.", ""]
+             f"--track-test`. `run` is a sweep (`ccledu.sweep`): every run is in "
+             f"`runs/<config hash>/` beside this report and listed in `results.csv`.", ""]
     every = []
     for key, table in TABLES.items():
         res = collect(e, key, args.root)
@@ -230,7 +233,7 @@ def cmd_report(args):
         lines += [f"## {table['title']}", ""] + table_lines(key, res) + [""]
         lines += [f"Configurations ({table['title']}; 'resolved' rows had no finished run and show "
                   f"what `ccledu train` would use):", ""] + config_lines(key, res) + [""]
-        for data, by_rule in res.items():
+        for data, by_rule in ((d, res[d]) for d in table["paper"] if d in res):
             name = f"curves_{'' if table['model'] == 'mlp' else table['model'] + '_'}{data}.png"
             plot_curves(data, by_rule, base / name)
             lines += [f"![{data}]({name})", ""]
@@ -265,8 +268,11 @@ def main(argv=None):
                    "datasets without files here are skipped)")
     r.add_argument("--seeds", default="0,1,2")
     r.add_argument("--epochs", type=int, default=100)
-    r.add_argument("--jobs", type=int, default=1, help="runs in parallel")
+    r.add_argument("--jobs", type=int, default=1, help="runs in parallel (local process pool)")
     r.add_argument("--threads", type=int, default=1, help="BLAS threads per run")
+    r.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) "
+                   "or 'local', as for `ccledu sweep` (default: the local process pool)")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.add_argument("--root", type=Path, default=ROOT, help="results folder (default %(default)s)")
     r.set_defaults(func=cmd_run)
     q = sub.add_parser("report")

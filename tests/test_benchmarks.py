@@ -23,9 +23,14 @@ def test_reproduce_runs_resumes_and_reports(tmp_path):
     args = ["run", "--rules", "bp", "--data", "mnist", "--seeds", "0", "--epochs", "1",
             "--root", tmp_path]
     _run(BENCH / "reproduce.py", *args)
-    m = json.loads((tmp_path / "e1/mnist/bp/seed0/metrics.json").read_text())
+    (run,) = (tmp_path / "e1/runs").iterdir()                # one sweep run folder: its config hash
+    m = json.loads((run / "metrics.json").read_text())
+    from ccledu.sweep import config_hash
+    assert run.name == config_hash(m["config"]) and m["config"]["rule"] == "bp"
     assert m["test_accuracy"] > 0.9 and "selections" in m and m["history"][0]["test_accuracy"] > 0.9
-    assert "done already" in _run(BENCH / "reproduce.py", *args)
+    assert "1 done already, 0 to run" in _run(BENCH / "reproduce.py", *args)
+    md = (tmp_path / "e1/results.md").read_text()
+    assert "### mnist/bp" in md and "| 1 of 1 | " in md and "1 of 1 runs done" in md
     _run(BENCH / "reproduce.py", "report", "--epochs", "1", "--root", tmp_path)
     report = (tmp_path / "e1/REPORT.md").read_text()
     row = next(line for line in report.splitlines() if line.startswith("| mnist | bp |"))
