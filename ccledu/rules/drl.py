@@ -47,8 +47,10 @@ class DRL(DTP):
     def defaults(cls, kind: str, data: str | None = None) -> dict:
         return DTP.defaults(kind, data)
 
-    def feedback_loss_grad(self, model, l, x_in, acts, noise):
-        """(L^fb_l, ∂L^fb_l/∂Q_l) for the DRL objective; noise['q'] (N, d_{l−1})."""
+    def feedback_loss_grad(self, model, l, x_in, acts, noise, const=None):
+        """(L^fb_l, ∂L^fb_l/∂Q_l) for the DRL objective; noise['q'] (N, d_{l−1}). The gradient
+        holds the difference term a_{l−1} − g_l(a_l) fixed (``const``: pass it to evaluate the
+        loss with that term frozen, as the finite-difference test does)."""
         L = len(model.blocks)
         a_prev = acts[l - 1]
         N = a_prev.shape[0]
@@ -58,10 +60,11 @@ class DRL(DTP):
             u = self.f(model, j)(u)
         for j in range(L - 1, l, -1):                          # down to layer l (no gradient)
             gj = self.g(j)
-            const = acts[j - 1] - gj(acts[j])
-            s = gj(u) + const
+            cj = acts[j - 1] - gj(acts[j])
+            s = gj(u) + cj
             u = batchnorm(s)[0] if self.batchnorm else s
-        const = acts[l - 1] - self.g(l)(acts[l])               # held fixed
+        if const is None:
+            const = acts[l - 1] - self.g(l)(acts[l])           # held fixed (sg)
         gm = self.g(l)
         s = gm(u) + const
         if self.batchnorm:

@@ -4,7 +4,7 @@ targets approach backprop's.
 
 Forward pass, targets and forward updates are DTP's (:mod:`ccledu.rules.dtp`). For layer l
 (1..L−1), with ε ~ N(0, σ²) at layer l−1 and η ~ N(0, σ²) at layer l, and the difference map
-D_l(v) = v + a_{l−1} − sg(g_l(a_l)) (standardised over the batch with ``batchnorm``):
+D_l(v) = v + a_{l−1} − sg(g_l(a_l))  (the code holds g_l(a_l) fixed: no_grad) (standardised over the batch with ``batchnorm``):
 
     q_rec = D_l(g_l(f_l(a_{l−1} + ε))),       r_rec = D_l(g_l(a_l + η))
     L^fb_l = (1/N) [ −Σ_n ε_n · (q_rec − a_{l−1})_n  +  ½ Σ_n ‖r_rec − a_{l−1}‖²_n ]
@@ -39,12 +39,15 @@ class LDRL(DTP):
             return out, cache
         return s, None
 
-    def feedback_loss_grad(self, model, l, x_in, acts, noise):
-        """(L^fb_l, ∂L^fb_l/∂Q_l); noise['q'] (N, d_{l−1}), noise['r'] (N, d_l)."""
+    def feedback_loss_grad(self, model, l, x_in, acts, noise, const=None):
+        """(L^fb_l, ∂L^fb_l/∂Q_l); noise['q'] (N, d_{l−1}), noise['r'] (N, d_l). The gradient
+        holds the difference term a_{l−1} − g_l(a_l) fixed (the code computes it under no_grad);
+        ``const`` freezes it when the loss is evaluated (finite-difference tests)."""
         a_prev, a = acts[l - 1], acts[l]
         N = a_prev.shape[0]
         eps, eta = noise["q"], noise["r"]
-        const = a_prev - self.g(l)(a)
+        if const is None:
+            const = a_prev - self.g(l)(a)
         g1, g2 = self.g(l), self.g(l)
         q_rec, c1 = self._through_d(g1, self.f(model, l)(a_prev + eps), const)
         r_rec, c2 = self._through_d(g2, a + eta, const)
