@@ -32,8 +32,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import struct
 import sys
 import zipfile
+import zlib
 from collections import namedtuple
 
 import numpy as np
@@ -55,6 +57,24 @@ CLIP_EPS = 1e-6
 #: meta keys every trace must have
 REQUIRED_META = ("format", "rule", "dtype", "seed", "input_shape", "num_classes", "layers",
                  "loss", "optimizer", "batch_size")
+
+#: what the reader accepts before it allocates anything (override per call with ``limits=``):
+#:
+#: * ``entries``: members of the archive;
+#: * ``meta_bytes``: size of the ``meta`` string entry;
+#: * ``parameters``: forward-weight elements that ``meta.layers`` declares (Σ over blocks);
+#: * ``step_elements``: elements one recomputed step touches, declared by meta:
+#:   N·(|x| + Σ_l |a_l| + im2col columns of each conv) + C·(C + Σ_l |input of block l|);
+#: * ``total_bytes``: decompressed bytes of the entries that are loaded (from their headers).
+#:
+#: The defaults allow the paper's architectures (the CIFAR CNN has 2.2 M forward weights, the
+#: 4 × 1024 CIFAR MLP 6.3 M) at trace batch sizes, and keep a recomputation within a few GiB.
+LIMITS = {"entries": 4096, "meta_bytes": 1 << 24, "parameters": 1 << 24,
+          "step_elements": 1 << 27, "total_bytes": 1 << 30}
+
+#: meta key that, when it holds a non-empty string, allows NaN/inf in a trace: the file says why
+#: (e.g. "overflow test"); each tensor with a non-finite element must then match bit for bit.
+NONFINITE_KEY = "nonfinite"
 
 #: optimiser settings, as TrainConfig fields, that write_trace accepts (plus "lr", "momentum",
 #: "weight_decay", "clip" for both groups at once, and "step")
@@ -101,7 +121,8 @@ class Report(list):
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self)
+        """Every compared tensor agrees, and at least one was compared."""
+        return len(self) > 0 and all(r.ok for r in self)
 
     @property
     def first_mismatch(self):
@@ -425,29 +446,6 @@ def save(path, meta: dict, arrays: dict) -> None:
 # Reading
 # ------------------------------------------------------------------------------------------------
 
-def _load_npz(path) -> dict:
-    try:
-        with open(path, "rb") as fh:
-            magic = fh.read(4)
-        if magic != b"PK\x03\x04" and magic != b"PK\x05\x06":
-            raise TraceError(f"{path}: not a trace file: a trace is a NumPy .npz (zip) archive, "
-                             f"and this file does not start like one")
-        with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise TraceError(f"{path}: not a trace file (an .npz archive); it holds one array")
-            return {k: z[k] for k in z.files}
-    except TraceError:
-        raise
-    except FileNotFoundError:
-        raise TraceError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise TraceError(f"{path}: is a directory, not a trace file") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise TraceError(f"{path}: not a trace file (a NumPy .npz archive): {e}") from None
-    except ValueError as e:        # e.g. object arrays (allow_pickle=False), garbage
-        raise TraceError(f"{path}: cannot read the archive: {e}") from None
-
-
 def _check(cond, msg):
     if not cond:
         raise TraceError(msg)
@@ -563,54 +561,258 @@ def expected_shapes(meta: dict, model=None, rule=None) -> dict:
     return shapes
 
 
-def read_trace(path) -> tuple[dict, dict]:
-    """Load and validate a trace: returns (meta, arrays) with arrays as NumPy arrays by name.
+def _limits(limits) -> dict:
+    out = dict(LIMITS)
+    out.update(limits or {})
+    return out
 
-    Raises :class:`TraceError` for a file that is not an ``.npz`` archive, lacks ``meta`` or has
-    bad JSON in it, names another format or an unknown rule, lacks a required key or array
-    (``x``, ``y``, every ``param/*``; FF: ``input/negative_labels``), or holds arrays whose
-    shapes do not match what ``meta.layers`` implies.
-    """
-    arrays = _load_npz(path)
-    if "meta" not in arrays:
-        raise TraceError(f"{path}: no 'meta' entry: not a ccledu trace (its arrays: "
-                         f"{sorted(arrays)[:8]})")
-    raw = arrays.pop("meta")
+
+def _open_zip(path):
+    """The archive as a ``zipfile.ZipFile`` (the caller closes it), or TraceError."""
     try:
-        text = raw.item() if raw.shape == () else None
+        with open(path, "rb") as fh:
+            magic = fh.read(4)
+        if magic != b"PK\x03\x04" and magic != b"PK\x05\x06":
+            raise TraceError(f"{path}: not a trace file: a trace is a NumPy .npz (zip) archive, "
+                             f"and this file does not start like one")
+        return zipfile.ZipFile(path)
+    except TraceError:
+        raise
+    except FileNotFoundError:
+        raise TraceError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise TraceError(f"{path}: is a directory, not a trace file") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
+        raise TraceError(f"{path}: not a trace file (a NumPy .npz archive): {e}") from None
+
+
+def _zip_error(path, name, e):
+    return TraceError(f"{path}: entry {name!r} cannot be read ({type(e).__name__}: {e}); the "
+                      f"archive is damaged")
+
+
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
+               NotImplementedError, RuntimeError, zlib.error, struct.error, KeyError,
+               OverflowError, SyntaxError, TypeError)
+
+
+def _headers(path, zf, limits) -> dict:
+    """name -> (ZipInfo, shape, dtype) from each ``.npy`` member's header; no data is read.
+
+    Members whose name does not end in ``.npy`` are returned with shape None (they are listed
+    as unknown and never read)."""
+    infos = zf.infolist()
+    _check(len(infos) <= limits["entries"],
+           f"{path}: the archive holds {len(infos)} entries, more than the limit of "
+           f"{limits['entries']} (ccledu.trace.LIMITS['entries'])")
+    out = {}
+    for info in infos:
+        name = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+        _check(name not in out, f"{path}: the archive holds two entries named {name!r}; a trace "
+                                f"names each tensor once")
+        if not info.filename.endswith(".npy") or info.is_dir():
+            out[name] = (info, None, None)
+            continue
+        try:
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"unsupported .npy format version {version}")
+        except _ZIP_ERRORS as e:
+            raise _zip_error(path, name, e) from None
+        _check(not dtype.hasobject, f"{path}: entry {name!r} holds Python objects ({dtype}); a "
+                                    f"trace holds numbers only (and meta a string)")
+        out[name] = (info, tuple(int(d) for d in shape), dtype)
+    return out
+
+
+def _nbytes(shape, dtype) -> int:
+    return math.prod(shape) * dtype.itemsize
+
+
+def _load_entry(path, zf, name, info):
+    """Read one member's data (its header was already checked); the stream must end there."""
+    try:
+        with zf.open(info) as f:
+            a = np.lib.format.read_array(f, allow_pickle=False)
+            if f.read(1):                          # reading on to the end also checks the CRC
+                raise ValueError("bytes after the array data")
+    except _ZIP_ERRORS as e:
+        raise _zip_error(path, name, e) from None
+    return a
+
+
+def _read_meta(path, zf, headers, limits) -> dict:
+    if "meta" not in headers:
+        raise TraceError(f"{path}: no 'meta' entry: not a ccledu trace (its arrays: "
+                         f"{sorted(headers)[:8]})")
+    info, shape, dtype = headers["meta"]
+    _check(shape == () and dtype is not None and dtype.kind in "US",
+           f"{path}: meta is not valid JSON: meta must be a 0-d string array, got "
+           f"{dtype} {shape}")
+    _check(_nbytes(shape, dtype) <= limits["meta_bytes"],
+           f"{path}: meta is {_nbytes(shape, dtype)} bytes, more than the limit of "
+           f"{limits['meta_bytes']} (ccledu.trace.LIMITS['meta_bytes'])")
+    raw = _load_entry(path, zf, "meta", info)
+    try:
+        text = raw.item()
         if isinstance(text, bytes):
             text = text.decode("utf-8")
-        if not isinstance(text, str):
-            raise TypeError(f"meta must be a 0-d string array, got {raw.dtype} {raw.shape}")
         meta = json.loads(text)
-    except (ValueError, TypeError, UnicodeDecodeError) as e:
+    except (ValueError, TypeError, UnicodeDecodeError, RecursionError) as e:
         raise TraceError(f"{path}: meta is not valid JSON: {e}") from None
-    _check_meta(meta)
-    model, rule = rebuild(meta)
-    shapes = expected_shapes(meta, model, rule)
-    required = ["x", "y"] + [k for k in shapes if k.startswith("param/")]
-    if meta["rule"] == "ff":
-        required.append("input/negative_labels")
-    missing = [k for k in required if k not in arrays]
-    _check(not missing, f"{path}: the trace lacks the required array(s) {missing}")
+    return meta
+
+
+def declared_size(meta: dict) -> tuple[int, int]:
+    """(forward parameters, step elements) that ``meta`` declares, computed from
+    ``meta.layers``, ``input_shape``, ``batch_size`` and ``num_classes`` alone (nothing is
+    built). See :data:`LIMITS` for what is counted. Raises TraceError for a layer entry whose
+    sizes are not positive integers."""
+    N, C = int(meta["batch_size"]), int(meta["num_classes"])
+    shape = tuple(int(v) for v in meta["input_shape"])
+    params, acts, cols, inputs = 0, math.prod(shape), 0, 0
+
+    def pos(d, key, default=None, zero_ok=False):
+        v = d.get(key, default)
+        ok = isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if zero_ok else v > 0)
+        _check(ok, f"meta.layers: {key!r} of layer {d} must be a "
+                   f"{'non-negative' if zero_ok else 'positive'} integer")
+        return v
+
+    for d in meta["layers"]:
+        inputs += math.prod(shape)
+        fan_in, fan_out = pos(d, "in"), pos(d, "out")
+        if d.get("kind") == "conv2d":
+            k, st, pad = pos(d, "kernel", 3), pos(d, "stride", 1), pos(d, "padding", 0, True)
+            pool = pos(d, "pool", 0, True) if d.get("pool") is not None else 0
+            h, w = (shape[1], shape[2]) if len(shape) == 3 else (1, 1)
+            ho, wo = max((h + 2 * pad - k) // st + 1, 1), max((w + 2 * pad - k) // st + 1, 1)
+            params += fan_out * fan_in * k * k
+            cols += fan_in * k * k * ho * wo
+            if pool:
+                ho, wo = max(ho // pool, 1), max(wo // pool, 1)
+            shape = (fan_out, ho, wo)
+        else:
+            params += fan_out * fan_in
+            shape = (fan_out,)
+        acts += math.prod(shape)
+    return params, N * (acts + cols) + C * (C + inputs)
+
+
+def _check_size(meta: dict, limits: dict) -> None:
+    params, elements = declared_size(meta)
+    _check(params <= limits["parameters"],
+           f"meta.layers declares {params} forward parameters, more than the limit of "
+           f"{limits['parameters']} (ccledu.trace.LIMITS['parameters']); ccledu refuses to "
+           f"build it. Trace a smaller network, or raise the limit with "
+           f"verify_trace(..., limits={{'parameters': ...}})")
+    _check(elements <= limits["step_elements"],
+           f"meta declares a step over {elements} array elements (batch {meta['batch_size']}, "
+           f"layers, {meta['num_classes']} classes), more than the limit of "
+           f"{limits['step_elements']} (ccledu.trace.LIMITS['step_elements']). Use a smaller "
+           f"batch, or raise the limit with verify_trace(..., limits={{'step_elements': ...}})")
+
+
+#: entry prefixes whose arrays hold floating-point values of meta.dtype
+_FLOAT_PREFIXES = ("param/", "overlay/", "act/", "signal/", "loss/", "grad/", "after/")
+
+
+class TraceArrays(dict):
+    """name -> array of a trace's loaded entries; ``skipped`` lists the entries that were
+    recognised as no part of the format and so were neither loaded nor checked."""
+
+    skipped: list = []
+
+
+def read_trace(path, limits: dict | None = None) -> tuple[dict, dict]:
+    """Load and validate a trace: returns (meta, arrays) with arrays as NumPy arrays by name.
+
+    Memory is bounded by what the file is allowed to declare, never by what it claims:
+
+    1. every member's ``.npy`` header (shape, dtype) is read, no data;
+    2. ``meta`` (at most ``LIMITS['meta_bytes']``) is parsed and checked, and the architecture
+       it declares is measured from ``meta.layers`` alone (:func:`declared_size`) and refused
+       beyond ``LIMITS['parameters']`` / ``LIMITS['step_elements']``;
+    3. every known entry's header shape must equal what meta implies, and its dtype must be
+       ``meta.dtype`` (floating tensors) or an integer type (``y``, negative labels);
+    4. the decompressed total of the entries to load is capped at ``LIMITS['total_bytes']``;
+    5. only then is data read. Entries that are no part of the format are listed in
+       ``arrays.skipped`` and never read.
+
+    ``limits`` overrides entries of :data:`LIMITS`. Raises :class:`TraceError` for a file that
+    is not an ``.npz`` archive, lacks ``meta`` or has bad JSON in it, names another format or
+    an unknown rule, lacks a required key or array (``x``, ``y``, every ``param/*``; FF:
+    ``input/negative_labels``), holds arrays whose shapes or dtypes do not match what meta
+    implies, holds NaN/inf in an input without saying why (meta key ``nonfinite``), or goes
+    beyond a limit.
+    """
+    limits = _limits(limits)
+    zf = _open_zip(path)
+    with zf:
+        headers = _headers(path, zf, limits)
+        meta = _read_meta(path, zf, headers, limits)
+        _check_meta(meta)
+        _check_size(meta, limits)
+        model, rule = rebuild(meta)
+        shapes = expected_shapes(meta, model, rule)
+        required = ["x", "y"] + [k for k in shapes if k.startswith("param/")]
+        if meta["rule"] == "ff":
+            required.append("input/negative_labels")
+        missing = [k for k in required if k not in headers]
+        _check(not missing, f"{path}: the trace lacks the required array(s) {missing}")
+        dtype = meta["dtype"]
+        load, skipped = [], []
+        for name, (info, shape, dt) in headers.items():
+            if name == "meta":
+                continue
+            if name in shapes:
+                _check(shape is not None, f"{path}: {name} is not a .npy entry")
+                _check(shape == shapes[name],
+                       f"{path}: {name} has shape {shape}, but meta (layers, input_shape, "
+                       f"num_classes, batch_size) implies {shapes[name]}")
+            elif name.startswith("loss/") and shape is not None:
+                _check(math.prod(shape) == 1,
+                       f"{path}: {name} must be a scalar, got shape {shape}")
+            elif name.split("/")[0] in ("param", "grad", "after"):
+                raise TraceError(f"{path}: {name} is not a parameter of the network that "
+                                 f"meta.layers and rule {meta['rule']!r} describe (they have "
+                                 f"{sorted(k[6:] for k in shapes if k.startswith('param/'))})")
+            else:
+                skipped.append(name)
+                continue
+            if name in ("y", "input/negative_labels"):
+                _check(dt.kind in "iu", f"{path}: {name} must hold integer labels, got {dt}")
+            elif name == "x" or name.startswith(_FLOAT_PREFIXES):
+                _check(dt.kind == "f" and dt.name == dtype,
+                       f"{path}: {name} is {dt}, but meta.dtype says {dtype}: every "
+                       f"floating-point tensor of a trace has meta.dtype (its tolerances "
+                       f"depend on it); fix meta.dtype or the arrays")
+            load.append(name)
+        total = sum(_nbytes(headers[n][1], headers[n][2]) for n in load)
+        _check(total <= limits["total_bytes"],
+               f"{path}: the entries to load hold {total} bytes, more than the limit of "
+               f"{limits['total_bytes']} (ccledu.trace.LIMITS['total_bytes'])")
+        arrays = TraceArrays()
+        arrays.skipped = sorted(skipped)
+        for name in load:
+            arrays[name] = _load_entry(path, zf, name, headers[name][0])
     C = meta["num_classes"]
+    reason = meta.get(NONFINITE_KEY)
+    allow_nonfinite = isinstance(reason, str) and reason.strip() != ""
     for name, a in arrays.items():
-        if name in shapes:
-            _check(tuple(a.shape) == shapes[name],
-                   f"{path}: {name} has shape {tuple(a.shape)}, but meta (layers, input_shape, "
-                   f"num_classes, batch_size) implies {shapes[name]}")
-        elif name.startswith("loss/"):
-            _check(a.size == 1, f"{path}: {name} must be a scalar, got shape {tuple(a.shape)}")
-        elif name.split("/")[0] in ("param", "grad", "after"):
-            raise TraceError(f"{path}: {name} is not a parameter of the network that meta.layers "
-                             f"and rule {meta['rule']!r} describe (they have "
-                             f"{sorted(k[6:] for k in shapes if k.startswith('param/'))})")
         if name in ("y", "input/negative_labels"):
-            _check(a.dtype.kind in "iu", f"{path}: {name} must hold integer labels, got {a.dtype}")
             _check(a.size == 0 or (a.min() >= 0 and a.max() < C),
                    f"{path}: {name} holds labels outside 0..{C - 1}")
-        elif a.dtype.kind not in "fiub":
-            raise TraceError(f"{path}: {name} has non-numeric dtype {a.dtype}")
+        elif (name == "x" or name.startswith("param/")) and not allow_nonfinite:
+            _check(bool(np.all(np.isfinite(a))),
+                   f"{path}: input {name} holds NaN or inf; a trace with non-finite values "
+                   f"must say why in meta.{NONFINITE_KEY} (a string), and then every tensor "
+                   f"must match bit for bit")
     return meta, arrays
 
 
@@ -618,26 +820,51 @@ def read_trace(path) -> tuple[dict, dict]:
 # Verifying
 # ------------------------------------------------------------------------------------------------
 
-def compare(name: str, theirs, ours, rtol: float, atol: float) -> Row:
+def compare(name: str, theirs, ours, rtol: float, atol: float,
+            allow_nonfinite: bool = False) -> Row:
     """Row for one tensor: max |theirs − ours|, max relative error, and whether every element
     satisfies |theirs − ours| <= atol + rtol·|ours|. The relative error of an element is
-    |theirs − ours| / max(|ours|, atol/rtol) (so elements near zero are judged by atol)."""
-    a = np.asarray(theirs, dtype=np.float64)
-    b = np.asarray(ours, dtype=np.float64)
-    if a.shape != b.shape:
+    |theirs − ours| / max(|ours|, atol/rtol) (so elements near zero are judged by atol).
+
+    NaN or inf on either side is a mismatch (error reported as inf), even when both sides hold
+    it at the same place; only with ``allow_nonfinite`` (the file says why, see
+    :data:`NONFINITE_KEY`) does a tensor with non-finite elements agree, and then only when both
+    sides are equal bit for bit in the file's dtype."""
+    a = np.asarray(theirs)
+    if a.shape != np.shape(ours):
         return Row(name, math.inf, math.inf, False)
     if a.size == 0:
         return Row(name, 0.0, 0.0, True)
-    both_nan = np.isnan(a) & np.isnan(b)
-    diff = np.where(both_nan, 0.0, np.abs(a - b))
-    diff = np.where(np.isnan(diff), np.inf, diff)
+    b = np.asarray(ours)
+    finite = np.isfinite(a.astype(np.float64)) & np.isfinite(b.astype(np.float64))
+    if not finite.all():
+        same = (a.dtype.kind == "f" and np.ascontiguousarray(a).tobytes()
+                == np.ascontiguousarray(b.astype(a.dtype)).tobytes())
+        if allow_nonfinite and same:
+            return Row(name, 0.0, 0.0, True)
+        return Row(name, math.inf, math.inf, False)
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    diff = np.abs(a - b)
     floor = atol / rtol if rtol > 0 else max(atol, np.finfo(np.float64).tiny)
-    rel = diff / np.maximum(np.abs(np.nan_to_num(b)), floor)
-    ok = bool(np.all(diff <= atol + rtol * np.abs(np.nan_to_num(b))))
+    rel = diff / np.maximum(np.abs(b), floor)
+    ok = bool(np.all(diff <= atol + rtol * np.abs(b)))
     return Row(name, float(diff.max()), float(rel.max()), ok)
 
 
-def verify_trace(path, rtol: float | None = None, atol: float | None = None) -> Report:
+def check_tolerance(value, what: str) -> float:
+    """``value`` as a float, when it is a finite number >= 0; else ValueError naming ``what``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number >= 0, got {value!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def verify_trace(path, rtol: float | None = None, atol: float | None = None,
+                 limits: dict | None = None) -> Report:
     """Recompute the step a trace describes and compare every tensor it holds.
 
     The network comes from ``meta.layers``, the rule from ``meta.rule`` and the constructor
@@ -645,14 +872,21 @@ def verify_trace(path, rtol: float | None = None, atol: float | None = None) -> 
     (forward weights into the model, ``feedback.*`` / ``fixed.*`` into the rule), the step runs
     on the file's ``x`` and ``y`` (FF: with the file's negative labels), and each ``overlay/*``,
     ``act/*``, ``signal/*``, ``loss/*``, ``grad/*``, ``after/*`` in the file is compared with
-    ccledu's value. Tolerances default to :data:`TOLERANCES` of ``meta.dtype``.
-    Returns a :class:`Report` (list of rows in computation order).
+    ccledu's value. Tolerances default to :data:`TOLERANCES` of ``meta.dtype``; given ones must
+    be finite and >= 0 (ValueError otherwise). NaN/inf is a mismatch unless the file says why
+    (``meta.nonfinite``) and both sides agree bit for bit (:func:`compare`). ``limits``: see
+    :func:`read_trace`. Returns a :class:`Report` (list of rows in computation order); raises
+    :class:`TraceError` for a malformed file and for one that checks nothing.
     """
-    meta, arrays = read_trace(path)
+    rtol = None if rtol is None else check_tolerance(rtol, "rtol")
+    atol = None if atol is None else check_tolerance(atol, "atol")
+    meta, arrays = read_trace(path, limits=limits)
     dtype = meta["dtype"]
     d_rtol, d_atol = TOLERANCES[dtype]
-    rtol = d_rtol if rtol is None else float(rtol)
-    atol = d_atol if atol is None else float(atol)
+    rtol = d_rtol if rtol is None else rtol
+    atol = d_atol if atol is None else atol
+    reason = meta.get(NONFINITE_KEY)
+    allow_nonfinite = isinstance(reason, str) and reason.strip() != ""
     model, rule = rebuild(meta)
     params = {k[6:]: v for k, v in arrays.items() if k.startswith("param/")}
     forward = {k: v for k, v in params.items() if k.startswith("forward.")}
@@ -676,10 +910,16 @@ def verify_trace(path, rtol: float | None = None, atol: float | None = None) -> 
     rows, missing = [], []
     for name, ours in computed.items():
         if name in arrays:
-            rows.append(compare(name, arrays[name], ours, rtol, atol))
+            rows.append(compare(name, arrays[name], ours, rtol, atol, allow_nonfinite))
         else:
             missing.append(name)
-    unknown = sorted(k for k in arrays if k.startswith(checked_prefixes) and k not in computed)
+    unknown = sorted([k for k in arrays if k.startswith(checked_prefixes) and k not in computed]
+                     + list(getattr(arrays, "skipped", [])))
+    if not rows:
+        raise TraceError(f"{path}: nothing to compare: the file holds none of the tensors ccledu "
+                         f"computes for this step ({', '.join(list(computed)[:4])}, ...); a "
+                         f"trace must hold at least one act/, signal/, loss/, grad/ or after/ "
+                         f"tensor to check anything")
     return Report(rows, missing, unknown, rtol, atol, meta)
 
 
@@ -765,11 +1005,20 @@ def add_parser(sub) -> None:
                                    "the step with ccledu and compare every tensor. Exit status 0: "
                                    "all agree; 1: a tensor differs; 2: the file is malformed.")
     v.add_argument("file", help="trace file (.npz)")
-    v.add_argument("--rtol", type=float, default=None,
-                   help="relative tolerance (default 1e-7 for float64 traces, 1e-4 for float32)")
-    v.add_argument("--atol", type=float, default=None,
-                   help="absolute tolerance (default 1e-10 for float64 traces, 1e-5 for float32)")
+    v.add_argument("--rtol", type=_tolerance_arg, default=None,
+                   help="relative tolerance, a finite number >= 0 (default 1e-7 for float64 "
+                        "traces, 1e-4 for float32)")
+    v.add_argument("--atol", type=_tolerance_arg, default=None,
+                   help="absolute tolerance, a finite number >= 0 (default 1e-10 for float64 "
+                        "traces, 1e-5 for float32)")
     v.set_defaults(func=_guarded(cmd_verify))
+
+
+def _tolerance_arg(text):
+    try:
+        return check_tolerance(text, "the tolerance")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _guarded(fn):
