@@ -354,12 +354,21 @@ def _strip(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not k.startswith("_")}
 
 
-def execute(config: dict, out: str, threads: int = 1) -> dict:
+def execute(config: dict, out: str, threads: int = 1, keep_checkpoint: bool = False) -> dict:
     """Run one training run into folder ``out`` with ``threads`` BLAS threads; return its
-    metrics (as written to ``out/metrics.json``). Divergence is a result: when ``train.run``
-    raises ``DivergenceError`` without writing a metrics.json, one with ``status`` "diverged"
-    and the error message is written here."""
-    from .train import DivergenceError, TrainConfig, _json_default, run
+    metrics (as written to ``out/metrics.json``).
+
+    - A folder holding a checkpoint of an unfinished run (``train.run`` writes one per epoch)
+      is resumed from it (``run(resume=out)``); when that fails (an unreadable checkpoint) the
+      run starts again from scratch.
+    - Divergence is a result: ``train.run`` records ``status`` "diverged" in metrics.json and
+      raises ``DivergenceError``; a version of train.py that raises without recording gets one
+      written here, with the error message.
+    - A finished run's checkpoint is deleted unless ``keep_checkpoint`` (its metrics.json is its
+      result; a checkpoint of the paper MLP is a few MB)."""
+    import inspect
+
+    from . import train as T
 
     try:
         from threadpoolctl import threadpool_limits
@@ -372,20 +381,35 @@ def execute(config: dict, out: str, threads: int = 1) -> dict:
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
+    ckpt = out_dir / getattr(T, "CHECKPOINT", "checkpoint.npz")
+    can_resume = "resume" in inspect.signature(T.run).parameters
     with threadpool_limits(limits=int(threads)):
         try:
-            metrics = _strip(run(TrainConfig.from_dict({**config, "out": str(out_dir)}),
-                                 progress=False))
-        except DivergenceError as e:
+            metrics = None
+            if can_resume and ckpt.is_file() and run_status(read_metrics(out_dir)) not in DONE_STATUSES:
+                try:
+                    metrics = T.run(None, progress=False, resume=str(out_dir))
+                except T.DivergenceError:
+                    raise
+                except Exception:  # noqa: BLE001  (a torn or foreign checkpoint: start again)
+                    metrics = None
+            if metrics is None:
+                metrics = T.run(T.TrainConfig.from_dict({**config, "out": str(out_dir)}),
+                                progress=False)
+            metrics = _strip(metrics)
+        except T.DivergenceError as e:
             m = read_metrics(out_dir)
             if m is not None and run_status(m) == "diverged":
-                return m
-            from .backend import machine_info
-            metrics = {"status": "diverged", "error": str(e), "config": config,
-                       "machine": machine_info(config.get("backend", "numpy"))}
-            (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1,
-                                                             default=_json_default))
-    return json.loads(json.dumps(metrics, default=_json_default))
+                metrics = m
+            else:
+                from .backend import machine_info
+                metrics = {"status": "diverged", "message": str(e), "config": config,
+                           "machine": machine_info(config.get("backend", "numpy"))}
+                (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1,
+                                                                 default=T._json_default))
+    if run_status(metrics) == "finished" and not keep_checkpoint and ckpt.is_file():
+        ckpt.unlink()
+    return json.loads(json.dumps(metrics, default=T._json_default))
 
 
 def _init_worker(threads: int):
@@ -526,8 +550,10 @@ def point_label(point: dict) -> str:
 class Sweep:
     """A validated spec with its runs. ``run()`` trains what is missing; ``tables()`` renders."""
 
-    def __init__(self, spec: dict, root=None, data_root: str | None = None, groups=None):
+    def __init__(self, spec: dict, root=None, data_root: str | None = None, groups=None,
+                 keep_checkpoints: bool = False):
         self.spec = validate(spec)
+        self.keep_checkpoints = keep_checkpoints
         if groups:
             names = [g["name"] for g in self.spec["groups"]]
             unknown = sorted(set(groups) - set(names))
@@ -654,7 +680,7 @@ class Sweep:
             futures = {}
             for r in todo:
                 futures[executor.submit(execute, r.config, str(r.dir), executor.threads,
-                                        key=r.hash)] = r
+                                        self.keep_checkpoints, key=r.hash)] = r
             try:
                 for fut in executor.as_completed(list(futures)):
                     r = futures[fut]
@@ -866,10 +892,11 @@ def _jsonable(sel):
 
 def run_sweep(spec: dict, *, root=None, scheduler=None, workers=None, threads=None,
               only=None, progress=True, data_root=None, groups=None, timeout=20,
-              log=print) -> tuple:
+              keep_checkpoints=False, log=print) -> tuple:
     """Build the sweep of ``spec`` (a dict as ``load_spec`` returns), run what is missing and
     write its tables. Returns (sweep, report)."""
-    sweep = Sweep(spec, root=root, data_root=data_root, groups=groups)
+    sweep = Sweep(spec, root=root, data_root=data_root, groups=groups,
+                  keep_checkpoints=keep_checkpoints)
     ex = make_executor(scheduler, workers, threads, timeout)
     try:
         report = sweep.run(ex, only=only, progress=progress, log=log)
@@ -910,6 +937,9 @@ def add_parser(sub):
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rewrite the tables from the finished runs and list what "
                         "is missing")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep the checkpoint.npz of finished runs (default: deleted; an "
+                        "unfinished run's checkpoint is always kept and resumed from)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sweep)
     return p
@@ -931,7 +961,8 @@ def cmd_sweep(args) -> int:
     sweep, report = run_sweep(spec, root=args.out, scheduler=args.scheduler, workers=args.workers,
                               threads=args.threads, only=args.only, progress=not args.quiet,
                               data_root=args.data_root, groups=_groups(args),
-                              timeout=args.connect_timeout)
+                              timeout=args.connect_timeout,
+                              keep_checkpoints=args.keep_checkpoints)
     print(f"{report['ran']} run(s) trained, {report['kept']} kept, {len(report['failed'])} failed; "
           f"tables in {sweep.root}/results.md")
     return 1 if report["failed"] else 0

@@ -28,7 +28,7 @@ def tiny_spec(root, **select):
 def strip_timings(m):
     """A run's metrics without what depends on the machine or the clock."""
     m = json.loads(json.dumps(m))
-    for k in ("total_seconds", "machine"):
+    for k in ("total_seconds", "machine", "checkpoint"):      # clock, machine, a path
         m.pop(k, None)
     m["config"].pop("out", None)
     for h in m.get("history", []):
@@ -192,10 +192,39 @@ def test_divergence_is_a_result(tmp_path):
     sweep, report = S.run_sweep(spec, workers=1, threads=1, progress=False, log=lambda *a: None)
     assert report["ran"] == 1 and not report["failed"]
     (m,) = all_metrics(tmp_path).values()
-    assert m["status"] == "diverged" and "diverged" in m["error"]
+    assert m["status"] == "diverged" and "diverged" in (m.get("message") or m.get("error"))
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert rows[0]["status"] == "diverged"
     assert S.Sweep(spec).todo() == []
+
+
+def test_interrupted_run_is_resumed_from_its_checkpoint(tmp_path):
+    """A run stopped after epoch 1 of 2 (Ctrl-C: metrics.json 'interrupted', checkpoint kept) is
+    continued by the sweep from its checkpoint and ends as the uninterrupted run does."""
+    from ccledu import train as T
+
+    spec = {"name": "res", "root": str(tmp_path / "a"), "seeds": [0],
+            "base": {**TINY, "epochs": 2}, "groups": [{"name": "bp", "set": {"rule": "bp"}}]}
+    (run,) = S.Sweep(spec).runs.values()
+
+    def stop(entry):
+        if entry["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):           # train.Interrupted is one
+        T.run(T.TrainConfig.from_dict({**run.config, "out": str(run.dir)}), progress=False,
+              on_epoch=stop)
+    assert S.run_status(S.read_metrics(run.dir)) == "interrupted"
+    assert (run.dir / T.CHECKPOINT).is_file()
+    _, report = S.run_sweep(spec, workers=1, threads=1, progress=False, log=lambda *a: None)
+    resumed = S.read_metrics(run.dir)
+    assert report["ran"] == 1 and resumed["status"] == "finished"
+    assert not (run.dir / T.CHECKPOINT).exists()          # a finished run keeps metrics.json only
+    _, _ = S.run_sweep({**spec, "root": str(tmp_path / "b")}, workers=1, threads=1,
+                       progress=False, log=lambda *a: None)
+    fresh = S.read_metrics(tmp_path / "b" / "runs" / run.hash)
+    assert strip_timings(resumed)["history"] == strip_timings(fresh)["history"]
+    assert resumed["test_accuracy"] == fresh["test_accuracy"]
 
 
 def test_run_ids_are_canonical(tmp_path):
