@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from .accel import expm1_nonpositive, expm1_nonpositive_f32  # noqa: F401  (public name)
 from .backend import asarray, get_array_module, rng as make_rng
 from .im2col import col2im, conv_output_size, im2col
 
@@ -346,61 +347,12 @@ def _relu_grad(xp, z, a):
     return (z > 0).astype(z.dtype)
 
 
-_LN2_HI = np.float32(0.693145751953125)        # ln 2 to 16 bits: k·_LN2_HI is exact for |k| < 256
-_LN2_LO = np.float32(1.4286067653e-06)         # ln 2 − _LN2_HI
-_INV_LN2 = np.float32(1.4426950408889634)
-#: 1/7!, 1/6!, …, 1/2!: Taylor coefficients of (expm1(r) − r)/r², highest first
-_EXPM1_COEFS = [np.float32(1 / math.factorial(n)) for n in range(7, 1, -1)]
-
-
-def expm1_nonpositive_f32(x):
-    """expm1(x) = eˣ − 1 for a float32 array with −30 ≤ x ≤ 0 (NaN passes through).
-
-    NumPy's float32 ``expm1`` calls the C library once per element (about 14 ns each here), and
-    ELU is the most frequent non-matrix operation of a training step, so float32 NumPy runs use
-    this vectorised version (about 3× faster), the textbook method of a libm:
-
-        x = k·ln2 + r,  k = rint(x/ln2),  |r| ≤ ln2/2      (ln 2 split in two: r is exact)
-        expm1(r) = r + r²(1/2! + r/3! + … + r⁵/7!)          (Taylor, degree 7: < 2e−8 relative)
-        expm1(x) = 2ᵏ·expm1(r) + (2ᵏ − 1)                   (2ᵏ built from its exponent bits)
-
-    Measured against float64 over 3·10⁶ points of [−30, 0] (``tests/test_layers.py``): at most
-    0.93 units in the last place (C library: 0.75), i.e. faithfully rounded; float64 and CuPy
-    runs call ``xp.expm1``. Below −30, expm1 is −1 in float32: callers clamp there.
-    """
-    xp = get_array_module(x)
-    k = x * _INV_LN2
-    xp.rint(k, out=k)
-    r = k * _LN2_HI
-    xp.subtract(x, r, out=r)
-    r -= k * _LN2_LO
-    q = r * _EXPM1_COEFS[0]
-    for c in _EXPM1_COEFS[1:]:
-        q += c
-        q *= r
-    q *= r
-    q += r                                      # expm1(r)
-    with np.errstate(invalid="ignore"):         # NaN -> int: garbage exponent, result stays NaN
-        bits = k.astype(xp.int32)
-    bits += 127
-    bits <<= 23
-    two_k = bits.view(xp.float32)               # 2ᵏ (k ≥ −44 here: a normal float)
-    q *= two_k
-    two_k -= 1
-    q += two_k
-    return q
-
-
 def _elu(xp, z):
     # α = 1. ELU(z) = max(z, 0) + expm1(min(z, 0)): one of the two terms is always 0, and
     # expm1 never sees a large positive z (no overflow).
     zero = xp.zeros_like(z)
     a = xp.minimum(z, zero)
-    if xp is np and a.dtype == np.float32:
-        xp.maximum(a, xp.full_like(a, -30.0), out=a)   # expm1(−30) is −1 in float32
-        a = expm1_nonpositive_f32(a)
-    else:
-        xp.expm1(a, out=a)
+    a = expm1_nonpositive(a)     # = xp.expm1(a); float32 NumPy: the kernel measured fastest here
     a += xp.maximum(z, zero)
     return a
 

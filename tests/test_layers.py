@@ -184,8 +184,9 @@ def test_conv_block_pools_before_the_activation_without_changing_anything(rng, n
 
 
 def test_float32_expm1_is_faithfully_rounded():
-    """ELU's float32 NumPy path uses layers.expm1_nonpositive_f32: within 1 ulp of the exact value
-    (float64 reference) everywhere on [-30, 0], like the C library's expm1f."""
+    """The polynomial candidate of ELU's float32 expm1 (``accel.expm1_nonpositive_f32``, kept as
+    ``layers.expm1_nonpositive_f32``): within 1 ulp of the exact value (float64 reference)
+    everywhere on [-30, 0], like the C library's expm1f."""
     from ccledu.layers import expm1_nonpositive_f32
     g = np.random.default_rng(0)
     x = np.concatenate([-np.logspace(-12, np.log10(30), 1_000_000), -30 * g.random(500_000),
@@ -197,18 +198,29 @@ def test_float32_expm1_is_faithfully_rounded():
     assert mine.dtype == np.float32
     err = np.abs(mine.astype(np.float64) - exact) / ulp
     libm = np.abs(np.expm1(x).astype(np.float64) - exact) / ulp
-    assert err.max() < 1.0, f"mine: max error {err.max():.3f} ulp (C library expm1f: {libm.max():.3f})"
+    assert err.max() < 1.0, f"mine: max error {err.max():.3f} ulp (NumPy expm1: {libm.max():.3f})"
     assert err.mean() < 0.2
     assert np.isnan(expm1_nonpositive_f32(np.array([np.nan], dtype=np.float32)))[0]
 
 
-def test_float32_elu_matches_float64_elu():
-    """ELU in float32 (fast expm1) agrees with float64 ELU to float32 rounding, including
-    -inf, large negatives (-> -1), +inf and NaN."""
+#: float32 ELU against float64 ELU: 3 units of 2⁻²³ relative. NumPy's own float32 expm1 (the
+#: default kernel) is a SIMD approximation on AVX-512 CPUs, measured within 2.3 ulp of exact
+#: on [-30, 0]; the polynomial candidate is within 1 ulp.
+ELU_F32_RTOL = 3 * 2.0 ** -23
+
+
+@pytest.mark.parametrize("kernel", ["default", "poly"])
+def test_float32_elu_matches_float64_elu(monkeypatch, kernel):
+    """ELU in float32 (with either expm1 kernel) agrees with float64 ELU to float32 rounding,
+    including -inf, large negatives (-> -1), +inf and NaN."""
+    from ccledu import accel
+    monkeypatch.setenv("CCLEDU_KERNELS", f"expm1_nonpositive={kernel}")
+    monkeypatch.setattr(accel, "_chosen", {})
     z = np.concatenate([np.random.default_rng(1).standard_normal(100_000) * 5,
                         [-np.inf, -1e30, -40.0, -30.0, -1e-30, 0.0, 1e-30, 3.0, np.inf, np.nan]])
     a32 = Activation("elu").forward(z.astype(np.float32))
     a64 = Activation("elu").forward(z)
+    assert accel.choices()["expm1_nonpositive"]["use"] == kernel
     assert a32.dtype == np.float32
-    np.testing.assert_allclose(a32[:-1], a64[:-1].astype(np.float32), rtol=1.2e-7, atol=1e-38)
+    np.testing.assert_allclose(a32[:-1], a64[:-1].astype(np.float32), rtol=ELU_F32_RTOL, atol=1e-38)
     assert a32[-10] == -1.0 and a32[-2] == np.inf and np.isnan(a32[-1])
