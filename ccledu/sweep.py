@@ -692,6 +692,7 @@ class Sweep:
                     else:
                         report["ran"] += 1
                         if read_metrics(r.dir) is None:   # worker without the shared folder
+                            r.dir.mkdir(parents=True, exist_ok=True)
                             (r.dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
                         num = run_numbers(metrics)
                         if bar is not None:
