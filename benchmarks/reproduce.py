@@ -280,10 +280,10 @@ FIG7_PAPER = [[95.09, 96.41, 97.19, 96.89, 96.39],
 PAPER_GRID = {"bp": 12, "fa": 12, "dfa": 12, "ccl": 10}
 
 
-def _sweep(name: str, checkpoint: str | None = None):
+def _sweep(name: str, checkpoint: str | None = None, specs: Path = SPECS):
     from ccledu.sweep import Sweep, load_spec
 
-    spec = load_spec(SPECS / f"{name}.toml")
+    spec = load_spec(Path(specs) / f"{name}.toml")
     if checkpoint:
         spec["select"]["checkpoint"] = checkpoint
     return Sweep(spec)
@@ -299,32 +299,34 @@ def _cell(entry) -> tuple:
     return mean_std(acc), 100 * float(np.mean(acc)), len(acc)
 
 
-def protocol_lines(data: str) -> tuple:
+def protocol_lines(data: str, specs: Path = SPECS, root: Path = ROOT) -> tuple:
     """Markdown of the protocol table for ``data`` (and the run seconds by rule)."""
     from ccledu.sweep import point_label, read_metrics
 
     name = "protocol_" + data.replace("-", "_")
-    if not (SPECS / f"{name}.toml").exists():
+    if not (Path(specs) / f"{name}.toml").exists():
         return [], {}
-    sweeps = {ck: _sweep(name, ck) for ck in ("lowest_val_loss", "highest_val_accuracy", "last_epoch")}
+    sweeps = {ck: _sweep(name, ck, specs)
+              for ck in ("lowest_val_loss", "highest_val_accuracy", "last_epoch")}
     sel = {ck: sw.selection() for ck, sw in sweeps.items()}
     sw = sweeps["lowest_val_loss"]
-    public = collect(100, "1").get(data, {})
+    public = collect(100, "1", root).get(data, {})
     paper = TABLES["1"]["paper"][data]
     n_search = len(sw.spec["select"]["search_seeds"])
     n_final = len(sw.spec["select"]["final_seeds"])
     lines = [f"### {data}", "",
              f"Search seeds {sw.spec['select']['search_seeds']} (the paper: 5), final seeds "
              f"{sw.spec['select']['final_seeds']}; spec `benchmarks/sweeps/{name}.toml`, every run "
-             f"in `benchmarks/results/protocol/{data}/results.md`. Bound: the paper's std + 0.3 "
-             f"points.", "",
-             "| rule | paper | public-code configuration (3 seeds) | diff | grid-searched: chosen "
+             f"in `{Path(sw.root).name}/results.md` beside this report. Bound: the paper's std + "
+             f"0.3 points.", "",
+             "| rule | paper | public-code configuration | diff | grid-searched: chosen "
              "setting | searched | final seeds | grid-searched test accuracy | diff | within bound |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     seconds = {}
     for rule, (pm, ps) in paper.items():
         runs = public.get(rule, [])
-        pub = mean_std([m["test_accuracy"] for m in runs]) if runs else "not run"
+        pub = (f"{mean_std([m['test_accuracy'] for m in runs])} ({len(runs)} seeds)" if runs
+               else "not run")
         pdiff = f"{100 * np.mean([m['test_accuracy'] for m in runs]) - pm:+.2f}" if runs else "—"
         e = sel["lowest_val_loss"].get(rule)
         if e is None or e["chosen"] is None:
@@ -368,11 +370,11 @@ def protocol_lines(data: str) -> tuple:
     return lines + [""], seconds
 
 
-def fig7_grid():
+def fig7_grid(specs: Path = SPECS):
     """(ours: 6×5 array of test accuracy %, NaN where not run yet; seconds of the runs)."""
     from ccledu.sweep import read_metrics
 
-    sw = _sweep("fig7_mnist")
+    sw = _sweep("fig7_mnist", specs=specs)
     ours = np.full((len(FIG7_FEEDBACK), len(FIG7_FORWARD)), np.nan)
     secs = []
     for r in sw.runs.values():
@@ -422,11 +424,11 @@ def _grid_md(grid, fmt="{:.2f}") -> list:
     return lines
 
 
-def fig7_lines() -> tuple:
-    ours, secs = fig7_grid()
+def fig7_lines(specs: Path = SPECS, out: Path = PROTOCOL) -> tuple:
+    ours, secs = fig7_grid(specs)
     paper = np.array(FIG7_PAPER)
-    PROTOCOL.mkdir(parents=True, exist_ok=True)
-    plot_fig7(ours, paper, PROTOCOL / "fig7_mnist.png")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    plot_fig7(ours, paper, Path(out) / "fig7_mnist.png")
     have = np.isfinite(ours)
     lines = ["## Fig. 7: CCL, MNIST, forward × feedback learning rate", "",
              f"{int(have.sum())} of {ours.size} cells run (seed 0, 100 epochs, test accuracy at the "
@@ -530,20 +532,21 @@ def cmd_protocol(args):
              "again to continue), then `python benchmarks/reproduce.py protocol` (this report).", "",
              "## Table 1, grid-searched, beside the public-code configuration and the paper", ""]
     seconds = {}
+    out = Path(args.out)
     for data in ("mnist", "fashion-mnist"):
-        ls, secs = protocol_lines(data)
+        ls, secs = protocol_lines(data, args.specs, args.root)
         if ls and any(secs.values()) or data == "mnist":
             lines += ls
         for r, v in secs.items():
             seconds.setdefault(r, []).extend(v)
-    f7, f7s = fig7_lines()
+    f7, f7s = fig7_lines(args.specs, out)
     lines += f7 + cost_lines(seconds, f7s)
-    notes = PROTOCOL / "NOTES.md"
+    notes = out / "NOTES.md"
     if notes.exists():
         lines += ["## Notes", "", notes.read_text().strip(), ""]
-    PROTOCOL.mkdir(parents=True, exist_ok=True)
-    (PROTOCOL / "REPORT.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {PROTOCOL / 'REPORT.md'}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "REPORT.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {out / 'REPORT.md'}")
     return 0
 
 
@@ -571,6 +574,12 @@ def main(argv=None):
     q.set_defaults(func=cmd_report)
     pr = sub.add_parser("protocol", help="render results/protocol/REPORT.md: Table 1 under the "
                         "paper's protocol (sweeps of benchmarks/sweeps/) and Fig. 7")
+    pr.add_argument("--specs", type=Path, default=SPECS, help="folder of protocol_<data>.toml and "
+                    "fig7_mnist.toml (default %(default)s)")
+    pr.add_argument("--out", type=Path, default=PROTOCOL, help="where REPORT.md and the heat map "
+                    "go (default %(default)s)")
+    pr.add_argument("--root", type=Path, default=ROOT, help="results of `run` (the public-"
+                    "configuration rows; default %(default)s)")
     pr.set_defaults(func=cmd_protocol)
     args = p.parse_args(argv)
     return args.func(args)

@@ -69,3 +69,48 @@ def test_speed_harness_quick(tmp_path):
     (tmp_path / "speed_cpu.md").unlink()
     _run(BENCH / "speed.py", "--render", tmp_path / "speed_cpu.json")
     assert (tmp_path / "speed_cpu.md").read_text() == md
+
+
+@pytest.mark.slow
+def test_protocol_report_from_tiny_sweeps(tmp_path):
+    """`reproduce.py protocol` on tiny stand-ins of the protocol and Fig. 7 specs: the chosen
+    setting and its final-seed mean in the Table 1 row, our Fig. 7 cells where they belong with
+    the difference to the paper, the heat map, the cost section."""
+    from ccledu.sweep import Sweep, load_spec, mean_std, read_metrics, run_sweep
+
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    tiny = ('epochs = 1\nlimit_train = 600\nlimit_test = 300\nbatch_size = 50\n'
+            'model = "mlp:784-16-10"\ndata = "mnist"\ntrack_test = true\n')
+    (specs / "protocol_mnist.toml").write_text(
+        'root = "../out/mnist"\n[base]\n' + tiny +
+        '[select]\nsearch_seeds = [0]\nfinal_seeds = [0, 1]\n'
+        '[[groups]]\nname = "bp"\nset = { rule = "bp", activation = "tanh" }\n'
+        'grid = { lr_forward = [0.4, 0.01] }\n')
+    (specs / "fig7_mnist.toml").write_text(
+        'root = "../out/fig7_mnist"\nseeds = [0]\n[base]\nrule = "ccl"\n' + tiny +
+        '[[groups]]\nname = "ccl"\ngrid = { lr_forward = [0.8], lr_feedback = [0.0, 0.05] }\n')
+    for name in ("protocol_mnist", "fig7_mnist"):
+        run_sweep(load_spec(specs / f"{name}.toml"), workers=2, threads=1, progress=False,
+                  log=lambda *a: None)
+    out = tmp_path / "out"
+    _run(BENCH / "reproduce.py", "protocol", "--specs", specs, "--out", out, "--root", tmp_path / "none")
+    report = (out / "REPORT.md").read_text()
+    sel = Sweep(load_spec(specs / "protocol_mnist.toml")).selection()["bp"]
+    chosen = sel["settings"][sel["chosen"]]["point"]["lr_forward"]
+    acc = [f["test_accuracy"] for f in sel["final"]]
+    row = next(line for line in report.splitlines() if line.startswith("| bp | 98.19 ± 0.10 | not run"))
+    assert f"| lr_forward={chosen} | 2 of 2 | 2 of 2 | {mean_std(acc)} |" in row
+    assert row.endswith("| no |") or row.endswith("| yes |")
+    assert "| dfa | 97.27 ± 0.06 | not run | — | not searched yet |" in report
+    cells = {}
+    for r in Sweep(load_spec(specs / "fig7_mnist.toml")).runs.values():
+        cells[r.point["lr_feedback"]] = 100 * read_metrics(r.dir)["test_accuracy"]
+    grid = report[report.index("ccledu:"):report.index("The paper (as read")]
+    assert f"| 0.0 | — | — | — | — | {cells[0.0]:.2f} |" in grid
+    assert f"| 0.05 | — | — | — | — | {cells[0.05]:.2f} |" in grid
+    diff = report[report.index("ccledu − paper (points):"):]
+    assert f"| 0.05 | — | — | — | — | {cells[0.05] - 98.15:+.2f} |" in diff
+    assert "2 of 30 cells run" in report and "Frozen feedback (feedback LR 0): forward 0.8:" in report
+    assert (out / "fig7_mnist.png").stat().st_size > 5000
+    assert "| bp | 2 |" in report and "Projected cost" in report
