@@ -559,7 +559,27 @@ class AEConfig:
             v = getattr(self, f.name)
             values[f.name] = merged.get(f.name) if v is None else v
         values["channels"] = tuple(int(c) for c in values["channels"])
+        for name, rng in _ranges().items():
+            if values.get(name) is not None:
+                values[name] = rng.check(values[name], f"{name} (--{name.replace('_', '-')})")
+        if not values["channels"] or any(c < 1 for c in values["channels"]):
+            raise ValueError(f"channels (--channels) must be positive integers, got "
+                             f"{values['channels']}")
         return AEConfig(**values)
+
+
+def _ranges() -> dict:
+    """Valid range of every numeric autoencoder setting (checked at parse time and by
+    :meth:`AEConfig.resolved`)."""
+    from .train import RANGES, Range
+
+    out = {k: RANGES[k] for k in ("seed", "epochs", "batch_size", "lr_forward", "lr_feedback",
+                                  "clip_forward", "clip_feedback", "warmup", "cosine_tmax",
+                                  "eta_min", "limit_train", "limit_test", "val_fraction")}
+    out.update(momentum=Range(float, 0, 1, hi_open=True), weight_decay=Range(float, 0),
+               small_init=Range(float, 0, lo_open=True), scale_c=Range(float, 0),
+               scale_d=Range(float, 0), pad_to=Range(int, 1))
+    return out
 
 
 def build_autoencoder(rule: str, input_shape, channels=(16, 32), activation="elu", seed=0,
@@ -820,12 +840,18 @@ def add_parser(sub):
                                    "(pixels in [0, 1]) and draw reconstructions.")
     p.add_argument("--rule", default="ccl", choices=["ccl", "bp"])
     p.add_argument("--data", default="mnist", help="any dataset ccledu.data loads (default mnist)")
-    p.add_argument("--seed", type=int, default=0)
+    from .cli import ranged_type as _rt
+    p.add_argument("--seed", type=_rt(_ranges()["seed"]), default=0)
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
                    help="cpu: small net (default); paper: the public code's channels and settings")
     p.add_argument("--channels", default=None,
                    help="encoder channels, comma-separated (cpu 16,32; paper 128,256,1024,2048)")
+    from .cli import ranged_type
+    ranges = _ranges()
     for flag, dest, tp, helptext in _FLAGS:
+        if dest in ranges:
+            tp = ranged_type(ranges[dest])
+            helptext = f"{helptext}; {ranges[dest].describe()}"
         p.add_argument(flag, dest=dest, type=tp, default=None, help=helptext)
     p.add_argument("--centralize", action="store_true", default=None,
                    help="gradient centralization (on in both presets)")
@@ -848,7 +874,11 @@ def cmd_autoencoder(args) -> int:
     settings = {dest: getattr(args, dest) for _, dest, _, _ in _FLAGS
                 if getattr(args, dest) is not None}
     if args.channels:
-        settings["channels"] = tuple(int(c) for c in str(args.channels).split(",") if c.strip())
+        try:
+            settings["channels"] = tuple(int(c) for c in str(args.channels).split(",") if c.strip())
+        except ValueError:
+            raise ValueError(f"--channels must be comma-separated positive integers, e.g. 16,32; "
+                             f"got {args.channels!r}") from None
     if args.centralize is not None:
         settings["centralize"] = args.centralize
     try:
@@ -869,15 +899,9 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m ccledu.autoencoder")
-    sub = parser.add_subparsers(dest="command")
-    add_parser(sub)
-    args = parser.parse_args(["autoencoder"] + list(sys.argv[1:] if argv is None else argv))
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        print(f"ccledu: error: {e}", file=sys.stderr)
-        return 2
+    from .cli import main as cli_main
+
+    return cli_main(["autoencoder"] + list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":  # pragma: no cover

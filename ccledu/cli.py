@@ -1,14 +1,25 @@
 """Command line: ``ccledu train | trace | verify | course | bench`` (also ``python -m ccledu``).
 
-Errors in what the user asked for (unknown names, missing data, bad files) are printed as one
-``ccledu: error: ...`` line with exit status 2; a diverged run exits with status 3.
+Exit status and messages:
+
+* 0: done; 1: ``verify`` found a tensor that differs;
+* 2: an error in what was asked for (a flag outside its range, an unknown name, missing or
+  damaged data, a bad file, an unusable ``--out``): one ``ccledu: error: ...`` line, never a
+  traceback. Any other exception is caught by the top-level guard of :func:`main` and printed
+  the same way with a hint; ``--debug`` (anywhere on the line, or ``CCLEDU_DEBUG=1``) shows
+  the traceback instead;
+* 3: the training run diverged; 130: interrupted (Ctrl-C), with one line saying where the
+  checkpoint is and how to resume.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import json
+import os
 import sys
+import traceback
 
 from .rules import RULES, rule_class
 
@@ -35,6 +46,38 @@ TRAIN_FIELDS = [
     ("--preset", "preset", str, "named configuration of the rule (e.g. ff: cpu, paper)"),
     ("--out", "out", str, "directory for metrics.json"),
 ]
+
+
+class UsageError(Exception):
+    """A command-line error found by the parser (printed as one line, exit status 2)."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with errors as one line (no usage block) raised as :class:`UsageError`."""
+
+    def error(self, message):
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+def ranged_type(rng, optional: bool = False):
+    """argparse type checking a :class:`ccledu.train.Range` at parse time; with ``optional``,
+    ``none``/``off``/``all`` give None (no limit)."""
+    def parse(text):
+        if optional and str(text).lower() in ("none", "off", "all"):
+            return None
+        try:
+            return rng.check(text, "value", text=True)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {rng.describe()}, got {text!r}") from None
+    parse.__name__ = rng.kind.__name__
+    return parse
+
+
+def ranged(field: str, tp=None):
+    """argparse type for the TrainConfig field ``field`` (:data:`ccledu.train.RANGES`)."""
+    from .train import RANGES
+
+    return ranged_type(RANGES[field], optional=field in ("limit_train", "limit_test"))
 
 
 def _none_or(tp):
@@ -99,10 +142,20 @@ def _add_train(sub):
                    help="mlp | cnn (paper architectures for --data), a preset (mlp-mnist, cnn-cifar10, ...) "
                         "or a spec: mlp:784-256-10, cnn:1x28x28-c8-c16-10 (default mlp)")
     p.add_argument("--data", default="mnist", help="mnist | fashion-mnist | cifar10 | cifar100 (default mnist)")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, split, shuffling (default 0)")
-    p.add_argument("--lr", type=float, default=None, help="set --lr-forward and --lr-feedback together")
+    p.add_argument("--seed", type=ranged("seed"), default=0,
+                   help="seed of weights, split, shuffling, an integer >= 0 (default 0)")
+    p.add_argument("--lr", type=ranged("lr_forward"), default=None,
+                   help="set --lr-forward and --lr-feedback together (> 0)")
+    from .train import RANGES
     for flag, dest, tp, helptext in TRAIN_FIELDS:
+        if dest in RANGES:
+            helptext = f"{helptext}; {RANGES[dest].describe()}"
+            tp = ranged(dest, tp)
         p.add_argument(flag, dest=dest, type=tp, default=None, help=helptext)
+    p.add_argument("--resume", metavar="DIR", default=None,
+                   help="continue the run whose --out was DIR from its last checkpoint, with its "
+                        "settings (only --epochs may be given, to extend it); it ends bit for bit "
+                        "as the uninterrupted run would have")
     p.add_argument("--centralize", action=argparse.BooleanOptionalAction, default=None,
                    help="gradient centralization of weight gradients")
     p.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None, help="use biases (default off)")
@@ -123,13 +176,49 @@ def _add_train(sub):
     p.set_defaults(func=cmd_train)
 
 
-def cmd_train(args) -> int:
-    from .train import DivergenceError, TrainConfig, run
+def _explicit_train_flags(args) -> list:
+    given = [flag for flag, dest, _, _ in TRAIN_FIELDS
+             if dest != "epochs" and getattr(args, dest) is not None]
+    given += [f"--{k.replace('_', '-')}" for k in ("centralize", "bias", "augment", "diagnostics",
+                                                  "track_test") if getattr(args, k) is not None]
+    given += ["--" + k for k in ("config", "lr") if getattr(args, k) is not None]
+    given += [f"--{k}" for k, v in _DEFAULTS.items() if getattr(args, k) != v]
+    given += ["--" + k[5:].replace("_", "-") for k in vars(args) if k.startswith("ropt_")]
+    return given
 
+
+def cmd_train(args) -> int:
+    from .train import DivergenceError, Interrupted, TrainConfig, run
+
+    if args.resume is not None:
+        others = _explicit_train_flags(args)
+        if others:
+            raise ValueError(f"--resume continues the run with the settings of its checkpoint; "
+                             f"drop {', '.join(others)} (only --epochs may be given, to extend it)")
+        overrides = {"epochs": args.epochs} if args.epochs is not None else None
+        try:
+            metrics = run(overrides, progress=not args.quiet, resume=args.resume)
+        except DivergenceError as e:
+            print(f"ccledu: {e}", file=sys.stderr)
+            return 3
+        except Interrupted as e:
+            print(f"ccledu: {e}", file=sys.stderr)
+            return 130
+        if args.quiet:
+            print(f"test_accuracy {metrics['test_accuracy']:.4f}")
+        return 0
     settings = {}
     if args.config:
-        with open(args.config) as fh:
-            settings.update(json.load(fh))
+        try:
+            with open(args.config) as fh:
+                loaded = json.load(fh)
+        except OSError as e:
+            raise ValueError(f"cannot read --config {args.config}: {e.strerror or e}") from None
+        except ValueError as e:
+            raise ValueError(f"--config {args.config} is not valid JSON: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--config {args.config} must hold a JSON object of settings")
+        settings.update(loaded)
     for key in ("rule", "model", "data", "seed", "dtype", "backend"):
         if args.config is None or key not in settings or getattr(args, key) != _DEFAULTS.get(key):
             settings[key] = getattr(args, key)
@@ -150,6 +239,9 @@ def cmd_train(args) -> int:
     except DivergenceError as e:
         print(f"ccledu: {e}", file=sys.stderr)
         return 3
+    except Interrupted as e:
+        print(f"ccledu: {e}", file=sys.stderr)
+        return 130
     if args.quiet:
         print(f"test_accuracy {metrics['test_accuracy']:.4f}")
     return 0
@@ -164,8 +256,11 @@ EXTRA_COMMANDS = ["ccledu.trace", "ccledu.course", "ccledu.autoencoder", "ccledu
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="ccledu", description="Counter-current learning and its "
-                                     "neighbours, every matrix operation written out.")
+    parser = Parser(prog="ccledu", description="Counter-current learning and its "
+                    "neighbours, every matrix operation written out.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an unexpected error (also accepted after the "
+                             "sub-command, or set CCLEDU_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_train(sub)
@@ -179,14 +274,58 @@ def build_parser():
     return parser
 
 
+#: exceptions that mean "what was asked for is wrong": their message is the whole story
+USER_ERRORS = (ValueError, FileNotFoundError, KeyError, RuntimeError)
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def describe_error(e: BaseException) -> str:
+    """One line for any exception: the message of a user error, or the kind of failure with
+    a hint for anything else."""
+    if isinstance(e, MemoryError):
+        return ("out of memory: the model, batch or dataset does not fit; try a smaller "
+                "--batch-size, a smaller --model, or --limit-train/--limit-test")
+    if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        hint = {errno.ENOSPC: "the disk is full: free some space or choose another --out",
+                errno.EACCES: "permission denied: choose a folder you can write to",
+                errno.EROFS: "the file system is read-only: choose another folder",
+                errno.EISDIR: "a folder stands where a file was expected"}.get(e.errno, "")
+        return _one_line(f"{e.strerror or e}{where}" + (f"; {hint}" if hint else ""))
+    if isinstance(e, KeyError) and e.args:
+        return _one_line(e.args[0])
+    if isinstance(e, USER_ERRORS):
+        return _one_line(e)
+    return _one_line(f"unexpected {type(e).__name__}: {e} (this is a bug or an unsupported input; "
+                     f"run again with --debug to see the traceback)")
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = os.environ.get("CCLEDU_DEBUG", "").strip() not in ("", "0", "false", "no")
+    if "--debug" in argv:
+        argv = [a for a in argv if a != "--debug"]
+        debug = True
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except UsageError as e:
+        print(_one_line(e), file=sys.stderr)
+        return 2
+    except SystemExit as e:                               # --help
+        return int(e.code or 0) if not isinstance(e.code, str) else 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"ccledu: error: {msg}", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"ccledu: {_one_line(e) or 'interrupted'}", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the top-level guard: one line, never a traceback
+        if debug:
+            traceback.print_exc()
+        print(f"ccledu: error: {describe_error(e)}", file=sys.stderr)
         return 2
 
 

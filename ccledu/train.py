@@ -20,6 +20,7 @@ import json
 import math
 import os
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +42,12 @@ BASE_DEFAULTS = dict(
 
 
 class DivergenceError(RuntimeError):
-    """The training loss became NaN or infinite."""
+    """The training loss became NaN or infinite, or grew past the divergence bound
+    (:func:`divergence_bound`). ``epoch``, ``step`` and ``loss`` say where."""
+
+    def __init__(self, message, epoch=None, step=None, loss=None):
+        super().__init__(message)
+        self.epoch, self.step, self.loss = epoch, step, loss
 
 
 @dataclass
@@ -140,6 +146,373 @@ def resolve(config: TrainConfig) -> TrainConfig:
 
 
 # --------------------------------------------------------------------------------------------
+# Valid ranges of the settings
+# --------------------------------------------------------------------------------------------
+
+class Range:
+    """A numeric setting's valid range: ``kind`` int or float, bounds ``lo``/``hi`` (None: open
+    ended), ``lo_open``/``hi_open`` for strict bounds. Floats must be finite."""
+
+    def __init__(self, kind, lo=None, hi=None, lo_open=False, hi_open=False):
+        self.kind, self.lo, self.hi, self.lo_open, self.hi_open = kind, lo, hi, lo_open, hi_open
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind is int else "a finite number"
+        parts = []
+        if self.lo is not None:
+            parts.append(f"{'>' if self.lo_open else '>='} {self.lo:g}")
+        if self.hi is not None:
+            parts.append(f"{'<' if self.hi_open else '<='} {self.hi:g}")
+        return what + (" " + " and ".join(parts) if parts else "")
+
+    def check(self, value, name: str, text: bool = False):
+        """``value`` converted to ``kind``; ValueError "<name> must be ..., got ..." otherwise.
+        Strings are parsed only with ``text`` (command-line flags), never in a config."""
+        bad = ValueError(f"{name} must be {self.describe()}, got {value!r}")
+        if isinstance(value, bool) or (isinstance(value, str) and not text):
+            raise bad
+        try:
+            if self.kind is int:
+                if isinstance(value, float) and not value.is_integer():
+                    raise bad
+                v = int(value) if not isinstance(value, str) else int(value.strip())
+            else:
+                v = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise bad from None
+        if self.kind is float and not math.isfinite(v):
+            raise bad
+        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
+            raise bad
+        if self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)):
+            raise bad
+        return v
+
+
+#: the valid range of every numeric training setting (checked by :func:`validate` for the
+#: Python API and ``--config`` files, and at parse time for command-line flags)
+RANGES = {
+    "seed": Range(int, 0),
+    "epochs": Range(int, 1),
+    "batch_size": Range(int, 1),
+    "lr_forward": Range(float, 0, lo_open=True),
+    "lr_feedback": Range(float, 0),            # 0: the feedback weights stay as initialised
+    "momentum_forward": Range(float, 0, 1, hi_open=True),
+    "momentum_feedback": Range(float, 0, 1, hi_open=True),
+    "weight_decay_forward": Range(float, 0),
+    "weight_decay_feedback": Range(float, 0),
+    "clip_forward": Range(float, 0),           # 0: no clipping
+    "clip_feedback": Range(float, 0),
+    "warmup": Range(int, 0),
+    "cosine_tmax": Range(int, 0),
+    "eta_min": Range(float, 0),
+    "val_fraction": Range(float, 0, 1, lo_open=True, hi_open=True),
+    "limit_train": Range(int, 1),
+    "limit_test": Range(int, 1),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def validate(config: "TrainConfig") -> "TrainConfig":
+    """Check every numeric field against :data:`RANGES` (None = default is fine) and the
+    choice fields; returns the config with numbers converted. ValueError, one line, else."""
+    changes = {}
+    for name, rng in RANGES.items():
+        v = getattr(config, name)
+        if v is not None:
+            changes[name] = rng.check(v, f"{name} ({_flag(name)})")
+    if config.optimizer is not None and config.optimizer not in ("sgd", "adam"):
+        raise ValueError(f"optimizer (--optimizer) must be 'sgd' or 'adam', got {config.optimizer!r}")
+    if config.dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype (--dtype) must be 'float32' or 'float64', got {config.dtype!r}")
+    if not isinstance(config.rule_options, dict):
+        raise ValueError(f"rule_options must be a dict of the rule's options, got "
+                         f"{type(config.rule_options).__name__}")
+    return dataclasses.replace(config, **changes)
+
+
+# --------------------------------------------------------------------------------------------
+# The output folder: validation, lock, atomic writes, checkpoints
+# --------------------------------------------------------------------------------------------
+
+METRICS = "metrics.json"
+PREVIOUS = "metrics.previous.json"
+CHECKPOINT = "checkpoint.npz"
+LOCK = ".ccledu.lock"
+
+
+class OutputError(RuntimeError):
+    """The output folder cannot be used (a file, not writable, locked by another run...)."""
+
+
+def _nonfinite_to_none(o):
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _nonfinite_to_none(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_nonfinite_to_none(v) for v in o]
+    return o
+
+
+def _json_text(obj) -> str:
+    """Strict JSON (NaN/inf written as null, so every JSON reader accepts the file)."""
+    plain = json.loads(json.dumps(obj, default=_json_default))
+    return json.dumps(_nonfinite_to_none(plain), indent=1, allow_nan=False)
+
+
+def atomic_write(path, write) -> None:
+    """Write a file so that it is either wholly there or not changed: ``write(fh)`` fills a
+    temporary file in the same folder, which is flushed, fsynced and renamed over ``path``
+    (``os.replace``, atomic on one file system). On any error the temporary file is removed and
+    the old ``path`` (if any) is left as it was."""
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_json(path, obj) -> None:
+    """``obj`` as strict JSON at ``path``, atomically (see :func:`atomic_write`)."""
+    data = _json_text(obj).encode()
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
+class RunDir:
+    """The ``out`` folder of one run, checked and locked before any training.
+
+    * ``out`` must be a folder (created if missing) that this process can write to, and
+      ``out/metrics.json`` must not be a directory: otherwise :class:`OutputError` at once.
+    * A lock file ``out/.ccledu.lock`` holds this process's PID and host name. A second run into
+      the same folder refuses with a message; a lock left by a process that no longer exists (on
+      this host) is taken over.
+    * ``start()`` moves an earlier run's ``metrics.json`` to ``metrics.previous.json`` (unless
+      this run resumes it) and writes ``metrics.json`` with ``status: "running"``, so nothing
+      stale is ever read as this run's result.
+    """
+
+    def __init__(self, out):
+        import socket
+
+        self.path = Path(out).expanduser()
+        self.host = socket.gethostname()
+        self.locked = False
+        p = self.path
+        if p.exists() and not p.is_dir():
+            raise OutputError(f"--out {p} is a file, not a folder; give a folder name (it is "
+                              f"created if missing)")
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create the output folder {p}: {e.strerror or e}; choose "
+                              f"another --out") from None
+        if (p / METRICS).is_dir():
+            raise OutputError(f"{p / METRICS} is a directory, so the results could not be "
+                              f"written; remove it or choose another --out")
+        if (p / CHECKPOINT).is_dir():
+            raise OutputError(f"{p / CHECKPOINT} is a directory; remove it or choose another --out")
+        try:
+            atomic_write(p / ".ccledu.write-test", lambda fh: fh.write(b"ok"))
+            os.remove(p / ".ccledu.write-test")
+        except OSError as e:
+            raise OutputError(f"the output folder {p} is not writable ({e.strerror or e}); "
+                              f"choose another --out") from None
+
+    # -- lock --------------------------------------------------------------------------------
+    def _lock_info(self) -> dict:
+        return {"pid": os.getpid(), "host": self.host, "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+    def acquire(self) -> None:
+        lock = self.path / LOCK
+        data = json.dumps(self._lock_info()).encode()
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                other = json.loads(lock.read_text())
+                pid, host = int(other["pid"]), str(other.get("host", ""))
+            except (OSError, ValueError, KeyError, TypeError):
+                other, pid, host = {}, -1, self.host       # unreadable: a crash mid-write
+            if pid == os.getpid() and host == self.host:
+                raise OutputError(f"this process is already running a training run into "
+                                  f"{self.path}; use another --out") from None
+            if host != self.host or _pid_alive(pid):
+                raise OutputError(
+                    f"another ccledu run (pid {pid} on {host}, started {other.get('started', '?')}) "
+                    f"is writing to {self.path}; wait for it to end or choose another --out (if "
+                    f"no such run exists, delete {lock})") from None
+            atomic_write(lock, lambda fh: fh.write(data))          # stale: take it over
+            try:
+                if json.loads(lock.read_text()).get("pid") != os.getpid():
+                    raise OutputError(f"another ccledu run took over {lock} at the same moment; "
+                                      f"choose another --out")
+            except (OSError, ValueError) as e:
+                raise OutputError(f"cannot take over the stale lock {lock}: {e}") from None
+        else:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+        self.locked = True
+
+    def release(self) -> None:
+        if not self.locked:
+            return
+        lock = self.path / LOCK
+        try:
+            if json.loads(lock.read_text()).get("pid") == os.getpid():
+                os.remove(lock)
+        except (OSError, ValueError):
+            pass
+        self.locked = False
+
+    # -- files -------------------------------------------------------------------------------
+    def start(self, config, resuming: bool) -> None:
+        m = self.path / METRICS
+        if m.exists() and not resuming:
+            os.replace(m, self.path / PREVIOUS)
+        self.write_metrics({"status": "running", "pid": os.getpid(), "host": self.host,
+                            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                            "config": dataclasses.asdict(config), "ccledu_version": __version__})
+
+    def write_metrics(self, metrics: dict) -> Path:
+        write_json(self.path / METRICS, metrics)
+        return self.path / METRICS
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+
+def _generators(obj) -> dict:
+    """attribute name -> numpy Generator held directly by ``obj`` (a rule's or model's own
+    random streams, e.g. FF's negative-label draws)."""
+    return {k: v for k, v in vars(obj).items() if isinstance(v, np.random.Generator)}
+
+
+def save_checkpoint(path, *, config, model, rule, optimizer, gen, history, best, epoch,
+                    reference_loss) -> None:
+    """Everything a run needs to continue bit for bit after ``epoch``, written atomically to
+    ``path`` (an ``.npz``): model parameters, the rule's parameters and buffers, the optimiser
+    state (step/epoch counters, learning rates, momentum buffers, Adam moments), the
+    parameters of the best epoch so far, the RNG states (data order and augmentation, and any
+    generator the rule or model holds), the history, the epoch and the resolved config."""
+    opt = optimizer.state_dict()
+    arrays = {}
+    for k, v in model.parameters().items():
+        arrays[f"model/{k}"] = to_numpy(v)
+    own = dict(rule.parameters())
+    own.update(rule.buffers())
+    for k, v in own.items():
+        arrays[f"rule/{k}"] = to_numpy(v)
+    best_epoch, best_loss, snap = best
+    if snap is not None:
+        for k, v in snap[0].items():
+            arrays[f"best_model/{k}"] = to_numpy(v)
+        for k, v in snap[1].items():
+            arrays[f"best_rule/{k}"] = to_numpy(v)
+    for k, v in opt["momentum"].items():
+        arrays[f"optim_momentum/{k}"] = v
+    for k, st in opt["adam"].items():
+        arrays[f"optim_adam_m/{k}"] = st["m"]
+        arrays[f"optim_adam_v/{k}"] = st["v"]
+    state = {
+        "format": "ccledu-checkpoint/1", "ccledu_version": __version__, "epoch": int(epoch),
+        "config": dataclasses.asdict(config), "history": history,
+        "best_epoch": best_epoch, "best_val_loss": best_loss,
+        "optimizer": {"step": opt["step"], "epoch": opt["epoch"], "lrs": opt["lrs"],
+                      "initial_lrs": opt["initial_lrs"],
+                      "adam_steps": {k: st["step"] for k, st in opt["adam"].items()}},
+        "rng": {"data": gen.bit_generator.state,
+                "rule": {k: g.bit_generator.state for k, g in _generators(rule).items()},
+                "model": {k: g.bit_generator.state for k, g in _generators(model).items()}},
+        "reference_loss": reference_loss,
+    }
+    arrays["state"] = np.array(_json_text(state))
+    atomic_write(path, lambda fh: np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()}))
+
+
+def load_checkpoint(path) -> tuple[dict, dict]:
+    """(state, arrays) of a checkpoint written by :func:`save_checkpoint`; ValueError with one
+    line when the file is missing or damaged."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: --resume takes the --out folder of a "
+                                f"run that completed at least one epoch")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        state = json.loads(str(arrays.pop("state")))
+        if state.get("format") != "ccledu-checkpoint/1":
+            raise ValueError(f"format {state.get('format')!r}")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{path} is not a readable ccledu checkpoint ({type(e).__name__}: {e})"
+                         ) from None
+    return state, arrays
+
+
+def _apply_checkpoint(state, arrays, model, rule, optimizer, gen):
+    """Load a checkpoint's arrays and states into live objects; returns (history, best)."""
+    def group(prefix):
+        return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+    model.load_parameters({k: v for k, v in group("model/").items()})
+    own = dict(rule.parameters())
+    own.update(rule.buffers())
+    saved = group("rule/")
+    if set(saved) != set(own):
+        raise ValueError(f"the checkpoint's rule arrays {sorted(saved)} do not match the rule's "
+                         f"{sorted(own)}")
+    for k, v in saved.items():
+        xp = get_array_module(own[k])
+        own[k][...] = xp.asarray(v, dtype=own[k].dtype)
+    o = state["optimizer"]
+    m, v_ = group("optim_adam_m/"), group("optim_adam_v/")
+    optimizer.load_state_dict({
+        "step": o["step"], "epoch": o["epoch"], "lrs": o["lrs"], "initial_lrs": o["initial_lrs"],
+        "momentum": group("optim_momentum/"),
+        "adam": {k: {"step": o["adam_steps"][k], "m": m[k], "v": v_[k]} for k in m}})
+    gen.bit_generator.state = state["rng"]["data"]
+    for k, st in state["rng"].get("rule", {}).items():
+        getattr(rule, k).bit_generator.state = st
+    for k, st in state["rng"].get("model", {}).items():
+        getattr(model, k).bit_generator.state = st
+    snap = None
+    if state["best_epoch"] is not None:
+        xp = get_array_module(*model.parameters().values())
+        snap = ({k: xp.asarray(v) for k, v in group("best_model/").items()},
+                {k: xp.asarray(v) for k, v in group("best_rule/").items()})
+    best_loss = state["best_val_loss"]
+    best = (state["best_epoch"], math.inf if best_loss is None else best_loss, snap)
+    return list(state["history"]), best
+
+
+# --------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------
 
@@ -211,31 +584,58 @@ def _restore(model, rule, snap):
         own[k][...] = v
 
 
-def _check_finite(losses, epoch, first_step):
-    """Raise DivergenceError naming the first non-finite loss among device scalars ``losses``."""
+#: divergence rule: a step's loss that is NaN/inf, or whose magnitude exceeds
+#: DIVERGENCE_FACTOR × max(|loss of the run's first step|, 1), stops the run
+DIVERGENCE_FACTOR = 1e3
+
+
+def divergence_bound(reference_loss: float) -> float:
+    """The largest |loss| a run may reach: DIVERGENCE_FACTOR · max(|L_1|, 1), L_1 = the loss of
+    the run's first step (the floor of 1 keeps a tiny first loss from making the bound tight)."""
+    return DIVERGENCE_FACTOR * max(abs(float(reference_loss)), 1.0)
+
+
+def _check_finite(losses, epoch, first_step, bound=math.inf):
+    """Raise DivergenceError naming the first loss among device scalars ``losses`` that is not
+    finite or whose magnitude exceeds ``bound``."""
     if not losses:
         return
     xp = get_array_module(losses[0])
     vals = to_numpy(xp.stack(losses))
-    bad = np.flatnonzero(~np.isfinite(vals))
+    bad = np.flatnonzero(~np.isfinite(vals) | (np.abs(vals) > bound))
     if bad.size:
         step = first_step + int(bad[0]) + 1
+        v = float(vals[bad[0]])
+        what = (f"became {v}" if not math.isfinite(v) else
+                f"reached {v:.4g}, more than {DIVERGENCE_FACTOR:g} x max(|first loss|, 1) = {bound:.4g}")
         raise DivergenceError(
-            f"training diverged: the loss became {vals[bad[0]]} at epoch {epoch}, step {step}. "
+            f"training diverged: the loss {what} at epoch {epoch}, step {step}. "
             f"Try a smaller learning rate (--lr-forward/--lr-feedback), gradient clipping "
-            f"(--clip-forward/--clip-feedback), or float64 (--dtype float64) to check.")
+            f"(--clip-forward/--clip-feedback), or float64 (--dtype float64) to check.",
+            epoch=epoch, step=step, loss=v)
 
 
 def fit(model, rule, optimizer, train, val, *, epochs: int, batch_size: int, seed: int = 0,
         augment=None, diagnostics: bool = False, progress: bool = True, check_every: int = 20,
-        desc: str = "", on_epoch=None, monitor=None):
+        desc: str = "", on_epoch=None, monitor=None, history=None, best=None, gen=None,
+        start_epoch: int = 1, reference_loss=None, checkpoint=None):
     """Train ``model`` with ``rule`` and ``optimizer`` on host arrays ``train = (x, y)``.
 
     ``monitor``: optional host arrays (x, y), evaluated after every epoch and recorded as
     ``test_loss`` / ``test_accuracy`` in the history (never used to choose anything).
 
+    Divergence (see :func:`divergence_bound`): every ``check_every`` steps the losses are
+    checked; a NaN/inf loss or one beyond the bound raises :class:`DivergenceError` (with
+    ``epoch``, ``step``, ``loss``).
+
+    Resuming: ``history`` (a list, appended to in place), ``best`` = (epoch, val loss,
+    snapshot), ``gen`` (the data-order Generator, default ``default_rng([seed, 1])``),
+    ``start_epoch`` and ``reference_loss`` (the first step's loss) continue an earlier run.
+    ``checkpoint(epoch, history, best, gen, reference_loss)`` is called at the end of every epoch
+    (before ``on_epoch(entry)``).
+
     Returns (history, best) where history is a list of per-epoch dicts and best = (epoch,
-    snapshot of parameters with the lowest validation loss).
+    val loss, snapshot of parameters with the lowest validation loss).
     """
     from .data import batches
 
@@ -245,15 +645,17 @@ def fit(model, rule, optimizer, train, val, *, epochs: int, batch_size: int, see
             from tqdm.auto import tqdm
         except ImportError:  # pragma: no cover
             pass
-    g = np.random.default_rng([seed, 1])
+    g = np.random.default_rng([seed, 1]) if gen is None else gen
     x_tr, y_tr = train
     x_va, y_va = val
     diag_x = asarray(x_va[:512], dtype=model.dtype) if diagnostics else None
     diag_y = asarray(y_va[:512]) if diagnostics else None
-    history, best = [], (None, math.inf, None)
+    history = [] if history is None else history
+    best = (None, math.inf, None) if best is None else best
     xp = get_array_module(*model.parameters().values())
     steps_per_epoch = math.ceil(len(y_tr) / batch_size)
-    for epoch in range(1, epochs + 1):
+    bound = math.inf if reference_loss is None else divergence_bound(reference_loss)
+    for epoch in range(start_epoch, epochs + 1):
         it = batches(x_tr, y_tr, batch_size, shuffle=True, rng=g, augment=augment)
         bar = None
         if progress and tqdm is not None:
@@ -262,29 +664,35 @@ def fit(model, rule, optimizer, train, val, *, epochs: int, batch_size: int, see
         losses, pending, term_sums, n_steps = [], [], {}, 0
         _sync(xp)
         t0 = time.perf_counter()
-        for xb, yb in it:
-            xb = asarray(xb, dtype=model.dtype)
-            yb = asarray(yb)
-            res = rule.step(model, xb, yb)
-            optimizer.step(res.grads)
-            pending.append(res.loss)
-            for k, v in res.terms.items():
-                term_sums[k] = term_sums[k] + v if k in term_sums else v
-            n_steps += 1
-            if len(pending) >= check_every:
-                _check_finite(pending, epoch, n_steps - len(pending))
-                losses.extend(pending)
+        try:
+            for xb, yb in it:
+                xb = asarray(xb, dtype=model.dtype)
+                yb = asarray(yb)
+                res = rule.step(model, xb, yb)
+                optimizer.step(res.grads)
+                pending.append(res.loss)
+                if reference_loss is None:
+                    reference_loss = float(to_numpy(res.loss))
+                    if math.isfinite(reference_loss):
+                        bound = divergence_bound(reference_loss)
+                for k, v in res.terms.items():
+                    term_sums[k] = term_sums[k] + v if k in term_sums else v
+                n_steps += 1
+                if len(pending) >= check_every:
+                    _check_finite(pending, epoch, n_steps - len(pending), bound)
+                    losses.extend(pending)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{float(to_numpy(pending[-1])):.4f}")
+                    pending = []
                 if bar is not None:
-                    bar.set_postfix(loss=f"{float(to_numpy(pending[-1])):.4f}")
-                pending = []
+                    bar.update(1)
+            _check_finite(pending, epoch, n_steps - len(pending), bound)
+        finally:
             if bar is not None:
-                bar.update(1)
-        _check_finite(pending, epoch, n_steps - len(pending))
+                bar.close()
         losses.extend(pending)
         _sync(xp)
         train_seconds = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
         optimizer.end_epoch()
         train_loss = float(np.mean(to_numpy(xp.stack(losses)))) if losses else float("nan")
         val_loss, val_acc = evaluate(model, rule, x_va, y_va)
@@ -301,6 +709,8 @@ def fit(model, rule, optimizer, train, val, *, epochs: int, batch_size: int, see
         if progress:
             print(f"{desc}epoch {epoch:3d}/{epochs}  train loss {train_loss:.4f}  val loss "
                   f"{val_loss:.4f}  val acc {100 * val_acc:6.2f} %  ({train_seconds:.1f} s)", flush=True)
+        if checkpoint is not None:
+            checkpoint(epoch, history, best, g, reference_loss)
         if on_epoch is not None:
             on_epoch(entry)
     return history, best
@@ -346,15 +756,85 @@ def build_optimizer(config: TrainConfig, model, rule):
                      eta_min=config.eta_min)
 
 
-def run(config: TrainConfig | dict, progress: bool = True) -> dict:
-    """Run a whole experiment and return its metrics (also written to ``out/metrics.json``)."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run`. ``metrics.json`` (with ``out``) says ``interrupted``;
+    ``epoch`` is the last completed epoch, ``checkpoint`` the file to resume from (or None)."""
+
+    def __init__(self, message, epoch=0, checkpoint=None):
+        super().__init__(message)
+        self.epoch, self.checkpoint = epoch, checkpoint
+
+
+def _resume_config(state, config) -> TrainConfig:
+    """The checkpoint's config; ``config`` (a dict of overrides or a TrainConfig) may change
+    ``epochs`` only (to extend a run)."""
+    saved = dict(state["config"])
+    if config is None:
+        return TrainConfig.from_dict(saved)
     if isinstance(config, dict):
-        config = TrainConfig.from_dict(config)
-    config = resolve(config)
+        TrainConfig.from_dict({**saved, **config})            # unknown names
+        wanted = {**saved, **config}
+    else:
+        wanted = dataclasses.asdict(resolve(validate(config)))
+    differ = sorted(k for k in saved if k not in ("epochs", "out") and wanted.get(k) != saved[k])
+    if differ:
+        raise ValueError(f"--resume continues a run with the settings of its checkpoint; these "
+                         f"differ: {', '.join(differ)} (only epochs may change, to extend it)")
+    return TrainConfig.from_dict({**saved, "epochs": wanted.get("epochs", saved["epochs"])})
+
+
+def run(config: TrainConfig | dict | None = None, progress: bool = True, resume=None,
+        on_epoch=None) -> dict:
+    """Run a whole experiment and return its metrics (also written to ``out/metrics.json``).
+
+    Before any data is loaded: every setting is checked (:data:`RANGES`, one-line ValueError),
+    the model's output width must equal the dataset's number of classes, and ``out`` (when
+    set) is checked and locked (:class:`RunDir`). With ``out``, a checkpoint is written
+    atomically at the end of every epoch (``out/checkpoint.npz``) and ``metrics.json`` always
+    says how the run ended: ``status`` "finished", "diverged" (then DivergenceError is raised)
+    or "interrupted" (Ctrl-C; then :class:`Interrupted` is raised), with ``epochs_completed``.
+
+    ``resume``: the ``out`` folder (or checkpoint file) of an earlier run: the run continues
+    after the checkpoint's epoch with its settings (``config`` may be None, or change
+    ``epochs`` only) and ends bit for bit as the uninterrupted run would have.
+    ``on_epoch(entry)`` is called after every epoch (and after its checkpoint).
+    """
+    from .data import _lookup
+
+    state = ck_arrays = None
+    if resume is not None:
+        state, ck_arrays = load_checkpoint(resume)
+        rdir = Path(resume)
+        rdir = rdir.parent if rdir.is_file() else rdir
+        config = dataclasses.replace(_resume_config(state, config), out=str(rdir))
+        config = validate(config)
+    else:
+        if config is None:
+            raise ValueError("run() needs a config (or resume=<the out folder of a run>)")
+        if isinstance(config, dict):
+            config = TrainConfig.from_dict(config)
+        config = validate(resolve(validate(config)))
+    info = _lookup(config.data)
     t_start = time.perf_counter()
+    rundir = RunDir(config.out) if config.out else None
+    if rundir is not None:
+        rundir.acquire()
+    try:
+        return _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_start)
+    finally:
+        if rundir is not None:
+            rundir.release()
+
+
+def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_start):
     with use(config.backend):
         model = build_model(config.model, data=config.data, activation=config.activation,
                             bias=config.bias, seed=config.seed, dtype=config.dtype)
+        if model.num_classes != info.num_classes:
+            raise ValueError(
+                f"the model {config.model!r} has {model.num_classes} outputs but {info.name} has "
+                f"{info.num_classes} classes; end the spec with the number of classes, e.g. "
+                f"'mlp:{int(np.prod(info.input_shape))}-256-{info.num_classes}'")
         rule = rule_class(config.rule)(**config.rule_options)
         rule.setup(model, seed=config.seed)
         train, val, test = load_splits(config, model.input_shape)
@@ -363,17 +843,82 @@ def run(config: TrainConfig | dict, progress: bool = True) -> dict:
         if config.augment:
             from .data import cifar_augment
             augment = cifar_augment(4)
+        gen = np.random.default_rng([config.seed, 1])
+        history, best, start, ref = [], None, 1, None
+        if state is not None:
+            history, best = _apply_checkpoint(state, ck_arrays, model, rule, optimizer, gen)
+            start, ref = int(state["epoch"]) + 1, state.get("reference_loss")
         if progress:
             print(f"ccledu {__version__}: rule {config.rule}, {config.data} "
                   f"({len(train[1])} train / {len(val[1])} val / {len(test[1])} test), backend "
                   f"{config.backend}, {config.dtype}\n{model.describe()}", flush=True)
-        history, (best_epoch, _, snap) = fit(
-            model, rule, optimizer, train, val, epochs=config.epochs, batch_size=config.batch_size,
-            seed=config.seed, augment=augment, diagnostics=bool(config.diagnostics),
-            progress=progress, monitor=test if config.track_test else None)
+            if state is not None:
+                print(f"resuming after epoch {start - 1} from {rundir.path / CHECKPOINT}", flush=True)
+        ck_path = rundir.path / CHECKPOINT if rundir is not None else None
+        last_ck = [start - 1 if state is not None else None]
+
+        def checkpoint(epoch, hist, best_, g, reference):
+            try:
+                save_checkpoint(ck_path, config=config, model=model, rule=rule,
+                                optimizer=optimizer, gen=g, history=hist, best=best_,
+                                epoch=epoch, reference_loss=reference)
+            except OSError as e:
+                raise OutputError(f"cannot write the checkpoint {ck_path}: {e.strerror or e}") from None
+            last_ck[0] = epoch
+
+        def partial(status, **extra):
+            return {"status": status, "epochs_completed": len(history), "epochs": config.epochs,
+                    "checkpoint": str(ck_path) if last_ck[0] is not None else None,
+                    "checkpoint_epoch": last_ck[0], **extra,
+                    "config": dataclasses.asdict(config), "rule_config": rule.config(),
+                    "model": model.spec(), "history": history,
+                    "total_seconds": time.perf_counter() - t_start,
+                    "ccledu_version": __version__, "machine": machine_info(config.backend)}
+
+        def record(metrics):
+            if rundir is None:
+                return
+            try:
+                rundir.write_metrics(metrics)
+            except OSError:
+                pass                      # the original error is the one to report
+
+        if rundir is not None:
+            rundir.start(config, resuming=state is not None)
+        try:
+            history, best = fit(
+                model, rule, optimizer, train, val, epochs=config.epochs,
+                batch_size=config.batch_size, seed=config.seed, augment=augment,
+                diagnostics=bool(config.diagnostics), progress=progress,
+                monitor=test if config.track_test else None, history=history, best=best,
+                gen=gen, start_epoch=start, reference_loss=ref,
+                checkpoint=checkpoint if rundir is not None else None, on_epoch=on_epoch)
+        except DivergenceError as e:
+            record(partial("diverged", message=str(e),
+                           diverged={"epoch": e.epoch, "step": e.step, "loss": e.loss}))
+            raise
+        except KeyboardInterrupt:
+            done = len(history)
+            record(partial("interrupted", message=f"interrupted by the user after epoch {done}"))
+            if rundir is not None and last_ck[0] is not None:
+                hint = (f"checkpoint of epoch {last_ck[0]} in {ck_path}; continue with: "
+                        f"ccledu train --resume {rundir.path}")
+            elif rundir is not None:
+                hint = "no epoch was completed, so there is no checkpoint"
+            else:
+                hint = "nothing was saved (no --out)"
+            raise Interrupted(f"interrupted after epoch {done} of {config.epochs}; {hint}",
+                              epoch=done, checkpoint=str(ck_path) if last_ck[0] else None) from None
+        except Exception as e:
+            record(partial("failed", message=f"{type(e).__name__}: {e}"))
+            raise
+        best_epoch, _, snap = best
         _restore(model, rule, snap)
         test_loss, test_acc = evaluate(model, rule, *test)
     metrics = {
+        "status": "finished",
+        "epochs_completed": len(history),
+        "resumed_after_epoch": int(state["epoch"]) if state is not None else None,
         "test_accuracy": test_acc,
         "test_loss": test_loss,
         "best_epoch": best_epoch,
@@ -382,19 +927,23 @@ def run(config: TrainConfig | dict, progress: bool = True) -> dict:
         "model": model.spec(),
         "history": history,
         **({"selections": selections(history)} if config.track_test else {}),
+        "checkpoint": str(ck_path) if ck_path is not None else None,
         "total_seconds": time.perf_counter() - t_start,
         "ccledu_version": __version__,
         "machine": machine_info(config.backend),
     }
     if progress:
         print(f"test accuracy (epoch {best_epoch}, lowest validation loss): {100 * test_acc:.2f} %")
-    if config.out:
-        out = Path(config.out)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "metrics.json", "w") as fh:
-            json.dump(metrics, fh, indent=1, default=_json_default)
+    if rundir is not None:
+        try:
+            path = rundir.write_metrics(metrics)
+        except OSError as e:
+            raise OutputError(
+                f"the run finished (test accuracy {100 * test_acc:.2f} %, epoch {best_epoch}) but "
+                f"{rundir.path / METRICS} could not be written: {e.strerror or e}; the final "
+                f"weights are in {ck_path}") from None
         if progress:
-            print(f"wrote {out / 'metrics.json'}")
+            print(f"wrote {path}")
     metrics["_model"] = model
     metrics["_rule"] = rule
     return metrics
