@@ -667,6 +667,8 @@ class Sweep:
                 report["kept"] = done
                 log(f"ccledu sweep {self.spec['name']}: {len(self.runs)} run(s) in {self.root}; "
                     f"{done} done already, {len(todo)} to run on {executor.describe()}")
+            else:
+                log(f"final seeds of the chosen settings: {len(todo)} run(s) to train")
             if progress and bar is None:
                 try:
                     from tqdm.auto import tqdm
@@ -772,7 +774,7 @@ class Sweep:
             lines += self._selection_md(sel)
         lines += ["## Settings", ""]
         for g in self.spec["groups"]:
-            lines += self._group_md(g, rows)
+            lines += self._group_md(g, rows, sel)
         return "\n".join(lines) + "\n"
 
     def _selection_md(self, sel) -> list:
@@ -796,7 +798,7 @@ class Sweep:
                          f"{len(e['final'])} | {mean_std(acc)} |")
         return lines + [""]
 
-    def _group_md(self, g, rows) -> list:
+    def _group_md(self, g, rows, sel) -> list:
         s = self.spec["select"]
         keys = [k for k in self.varied_keys() if any(k in p for p, _ in self.settings[g["name"]])]
         lines = [f"### {g['name']}", "", f"Fixed: {_fixed_label(self.spec['base'], g['set'])}", "",
@@ -804,11 +806,7 @@ class Sweep:
                                            "test accuracy (%)" + (" (not used to choose)" if s else ""),
                                            "diverged"]) + " |",
                  "|" + "---|" * (len(keys) + 5)]
-        chosen = None
-        if s:
-            e = self.selection().get(g["name"], {})
-            if e.get("chosen") is not None:
-                chosen = e["chosen"]
+        chosen = (sel.get(g["name"]) or {}).get("chosen") if s else None
         by_hash = {r["run"]: r for r in rows if r["group"] == g["name"]}
         for i, (point, settings) in enumerate(self.settings[g["name"]]):
             mine = [by_hash[r.hash] for r in self.runs.values()
