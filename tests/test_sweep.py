@@ -87,11 +87,18 @@ def test_pool_sweep_runs_selects_and_tabulates(pool_sweep):
     assert json.loads((root / "selection.json").read_text())["bp"]["chosen_setting"] == {"lr_forward": best_lr}
 
 
-def test_dask_localcluster_gives_identical_runs(pool_sweep, tmp_path):
+def test_dask_cluster_gives_identical_runs(pool_sweep, tmp_path):
+    """The same sweep sent to a running Dask scheduler by its address (as on a cluster): a real
+    LocalCluster of 2 worker processes, 1 thread each."""
+    from distributed import LocalCluster
+
     pool_root, _, _ = pool_sweep
-    sweep, report = S.run_sweep(tiny_spec(tmp_path), scheduler="local", workers=2, threads=1,
-                                progress=False, log=lambda *a: None)
-    assert report["ran"] == 5 and "Dask LocalCluster, 2 worker(s)" in report["executor"]
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        sweep, report = S.run_sweep(tiny_spec(tmp_path), scheduler=cluster.scheduler_address,
+                                    threads=1, progress=False, log=lambda *a: None)
+    assert report["ran"] == 5
+    assert f"Dask scheduler {cluster.scheduler_address}, 2 worker(s)" in report["executor"]
     a, b = all_metrics(pool_root), all_metrics(tmp_path)
     assert set(a) == set(b)
     for h in a:
@@ -189,8 +196,9 @@ def test_divergence_is_a_result(tmp_path):
     spec = {"name": "div", "root": str(tmp_path), "seeds": [0],
             "base": {**TINY, "limit_train": 1000, "batch_size": 64, "clip_forward": 0.0},
             "groups": [{"name": "bp", "set": {"rule": "bp"}, "grid": {"lr_forward": [1e30]}}]}
-    sweep, report = S.run_sweep(spec, workers=1, threads=1, progress=False, log=lambda *a: None)
-    assert report["ran"] == 1 and not report["failed"]
+    sweep, report = S.run_sweep(spec, scheduler="local", workers=1, threads=1, progress=False,
+                                log=lambda *a: None)
+    assert report["ran"] == 1 and not report["failed"] and "Dask LocalCluster" in report["executor"]
     (m,) = all_metrics(tmp_path).values()
     assert m["status"] == "diverged" and "diverged" in (m.get("message") or m.get("error"))
     rows = list(csv.DictReader(open(tmp_path / "results.csv")))
