@@ -78,7 +78,8 @@ def default_dirs(quick: bool) -> dict:
 
 
 def build(quick: bool = False, out: Path | str | None = None, cache: Path | str | None = None,
-          fresh: bool = False, rerun: bool = False, quiet: bool = True) -> dict:
+          fresh: bool = False, rerun: bool = False, quiet: bool = True,
+          allow_errors: bool = False) -> dict:
     """Build the HTML book; returns ``{"out", "index", "cache", "seconds", "quick"}``.
 
     quick: run the chapters with ``CCLEDU_QUICK=1`` (small data, few epochs: for CI);
@@ -88,8 +89,10 @@ def build(quick: bool = False, out: Path | str | None = None, cache: Path | str 
     rerun: empty the execution cache first, so every chapter is run again (do this after a
     change in the package that changes what a chapter prints: the cache key is the chapter's
     code cells only).
+    allow_errors: a draft: a chapter cell that raises shows its error on the page instead of
+    failing the build.
     Raises BookError with Sphinx's output tail when the build fails (a chapter that raises
-    fails the build).
+    fails the build unless allow_errors).
     """
     _require_book_packages()
     dirs = default_dirs(quick)
@@ -102,6 +105,7 @@ def build(quick: bool = False, out: Path | str | None = None, cache: Path | str 
     env = dict(os.environ)
     env["CCLEDU_QUICK"] = "1" if quick else "0"
     env["CCLEDU_BOOK_CACHE"] = str(cache.resolve())
+    env["CCLEDU_BOOK_ALLOW_ERRORS"] = "1" if allow_errors else "0"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("MPLBACKEND", None)   # the kernel's inline backend is what puts figures in outputs
     cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-c", str(BOOK), "-d", str(doctrees),
@@ -190,18 +194,18 @@ def _serve(site: Path):
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
 
-# What a page reports after load; MathJax 2 has typeset when its queue runs our callback.
+# What a page reports after load; MathJax 3 has typeset once MathJax.startup.promise resolves.
 _PAGE_JS = r"""
 const done = arguments[arguments.length - 1];
-const mathNodes = document.querySelectorAll('.math, script[type^="math/tex"]');
+const mathNodes = document.querySelectorAll('.math');
 function report() {
   const imgs = Array.from(document.images);
   imgs.forEach(i => { i.loading = 'eager'; });
   Promise.allSettled(imgs.map(i => i.decode())).then(() => {
     const main = document.querySelector('main, article, [role=main]') || document.body;
     const clone = main.cloneNode(true);
-    clone.querySelectorAll('pre, code, script, style, .MathJax, .MathJax_Display, '
-                           + '.MathJax_Preview, .highlight').forEach(e => e.remove());
+    clone.querySelectorAll('pre, code, script, style, mjx-container, .highlight')
+      .forEach(e => e.remove());
     const text = clone.textContent;
     const raw = ['$$', '\\begin{', '\\frac', '\\(', '\\['].filter(t => text.includes(t));
     const ids = Array.from(document.querySelectorAll('[id]')).map(e => e.id)
@@ -209,15 +213,18 @@ function report() {
     done({
       title: document.title,
       math: mathNodes.length,
-      typeset: document.querySelectorAll('.MathJax, .MathJax_Display, .MathJax_SVG').length,
-      mathErrors: document.querySelectorAll('.MathJax_Error, merror, .mjx-merror').length,
+      typeset: document.querySelectorAll('mjx-container').length,
+      mathErrors: document.querySelectorAll('mjx-merror, [data-mjx-error]').length,
+      untypeset: Array.from(mathNodes).filter(e => !e.querySelector('mjx-container')).length,
       raw: raw,
       images: imgs.map(i => ({src: i.currentSrc || i.src, ok: i.complete && i.naturalWidth > 0,
                               width: i.naturalWidth})),
       links: Array.from(document.querySelectorAll('a[href]')).map(a => a.href),
       ids: ids,
-      resources: performance.getEntriesByType('resource').map(e => e.name),
-      mathjax: !!(window.MathJax && window.MathJax.Hub),
+      resources: performance.getEntriesByType('resource').map(e => e.name).concat(
+        Array.from(document.querySelectorAll(
+          'script[src], link[rel=stylesheet][href], img[src], iframe[src], video[src]'))
+        .map(e => e.src || e.href)),
     });
   });
 }
@@ -225,12 +232,23 @@ if (mathNodes.length === 0) { report(); }
 else {
   const t0 = Date.now();
   (function wait() {
-    if (window.MathJax && MathJax.Hub && MathJax.isReady) { MathJax.Hub.Queue(report); }
-    else if (Date.now() - t0 > 40000) { report(); }
+    if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
+      MathJax.startup.promise.then(report, report);
+    } else if (Date.now() - t0 > 40000) { report(); }
     else { setTimeout(wait, 50); }
   })();
 }
 """
+
+
+def _is_fault(message: str) -> bool:
+    """A console message that means the page is broken: a resource that failed to load, an
+    uncaught exception, something the browser refused. (A theme's own console.error chatter is
+    not a fault, nor the browser's automatic request for /favicon.ico, which the site lacks.)"""
+    if "/favicon.ico" in message:
+        return False
+    return any(k in message for k in ("Failed to load resource", "Uncaught", "Refused",
+                                      "blocked by", "ERR_"))
 
 
 def _is_page(path: str) -> bool:
@@ -238,7 +256,7 @@ def _is_page(path: str) -> bool:
 
 
 def check_site(site: Path | str, screenshots: Path | str | None = None,
-               start: str = "index.html", page_timeout: float = 60.0) -> dict:
+               start: str = "book/index.html", page_timeout: float = 60.0) -> dict:
     """Visit every internal page of a built site in headless Chromium; returns a report.
 
     The report: ``pages`` (url -> {math, typeset, images, ...}), ``files`` (non-HTML internal
@@ -258,7 +276,7 @@ def check_site(site: Path | str, screenshots: Path | str | None = None,
     pages, files, problems = {}, {}, []
     linked_from: dict[str, str] = {}
     fragments: list[tuple[str, str, str]] = []
-    queue = [base + start]
+    queue = [base + start, base + "index.html"]
     try:
         while queue:
             url = queue.pop(0)
@@ -280,13 +298,21 @@ def check_site(site: Path | str, screenshots: Path | str | None = None,
                 problems.append(f"broken link to {path} on {linked_from.get(url, '?')}")
                 continue
             driver.get(url)
+            if driver.current_url.partition("#")[0] != url:      # a redirect page
+                pages[url] = {"redirect": driver.current_url}
+                target = driver.current_url.partition("#")[0]
+                if target.startswith(base) and target not in pages:
+                    linked_from.setdefault(target, path)
+                    queue.append(target)
+                continue
             info = driver.execute_async_script(_PAGE_JS)
             info["console"] = [e["message"] for e in driver.get_log("browser")
-                               if e.get("level") == "SEVERE"]
+                               if e.get("level") == "SEVERE" and _is_fault(e["message"])]
             pages[url] = info
             where = path
-            if info["math"] and not info["typeset"]:
-                problems.append(f"{where}: {info['math']} maths elements, none typeset by MathJax")
+            if info["untypeset"]:
+                problems.append(f"{where}: {info['untypeset']} of {info['math']} maths elements "
+                                "were not typeset by MathJax")
             if info["mathErrors"]:
                 problems.append(f"{where}: {info['mathErrors']} MathJax errors")
             if info["raw"]:
@@ -310,7 +336,7 @@ def check_site(site: Path | str, screenshots: Path | str | None = None,
                     queue.append(target)
         for target, frag, where in fragments:
             info = pages.get(target)
-            if info and frag not in info["ids"]:
+            if info and "ids" in info and frag not in info["ids"]:
                 problems.append(f"{where}: link to #{frag} on "
                                 f"{urllib.parse.urlparse(target).path}, which has no such anchor")
         shots = _screenshots(driver, pages, Path(screenshots)) if screenshots else []
@@ -325,11 +351,12 @@ def check_site(site: Path | str, screenshots: Path | str | None = None,
 
 def _screenshots(driver, pages: dict, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    chapters = {u: i for u, i in pages.items() if i and "/chapters/" in u and "README" not in u}
+    chapters = {u: i for u, i in pages.items()
+                if i and "images" in i and "/chapters/" in u and "README" not in u}
     if not chapters:
         raise BookError("no chapter pages were visited: nothing to take a screenshot of")
     written = []
-    for name, key, selector in (("maths", "typeset", ".MathJax_Display"),
+    for name, key, selector in (("maths", "typeset", "div.math"),
                                 ("figures", "images", "div.cell_output img")):
         url = max(chapters, key=lambda u: (len(chapters[u][key]) if key == "images"
                                            else chapters[u][key]))
@@ -352,7 +379,7 @@ def _screenshots(driver, pages: dict, folder: Path) -> list[Path]:
 def _cmd_build(args) -> int:
     try:
         res = build(quick=args.quick, out=args.out, cache=args.cache, fresh=args.fresh,
-                    rerun=args.rerun, quiet=not args.verbose)
+                    rerun=args.rerun, quiet=not args.verbose, allow_errors=args.allow_errors)
     except BookError as e:
         print(f"ccledu book build: {e}", file=sys.stderr)
         return 2
@@ -370,9 +397,9 @@ def _cmd_check(args) -> int:
     except BookError as e:
         print(f"ccledu book check: {e}", file=sys.stderr)
         return 2
-    n_pages = sum(1 for v in rep["pages"].values() if v)
-    n_img = sum(len(v["images"]) for v in rep["pages"].values() if v)
-    n_math = sum(v["typeset"] for v in rep["pages"].values() if v)
+    seen = [v for v in rep["pages"].values() if v and "images" in v]
+    n_pages, n_img, n_math = len(seen), sum(len(v["images"]) for v in seen), \
+        sum(v["typeset"] for v in seen)
     print(f"visited {n_pages} pages and {len(rep['files'])} files in {rep['seconds']:.0f} s: "
           f"{n_img} images, {n_math} typeset formulas")
     for p in rep["screenshots"]:
@@ -399,6 +426,8 @@ def add_parser(sub) -> None:
                    help="re-read every page (executed chapters still come from the cache)")
     b.add_argument("--rerun", action="store_true",
                    help="empty the execution cache first, so every chapter runs again")
+    b.add_argument("--allow-errors", action="store_true",
+                   help="draft: show a failing cell's error on its page instead of failing")
     b.add_argument("--verbose", action="store_true", help="show Sphinx's output as it runs")
     b.set_defaults(func=_cmd_build)
     c = bsub.add_parser("check", help="visit every page of a built book in headless Chromium "
