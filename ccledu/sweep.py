@@ -554,12 +554,13 @@ class Sweep:
                  keep_checkpoints: bool = False):
         self.spec = validate(spec)
         self.keep_checkpoints = keep_checkpoints
+        self.only_groups = None          # run only these groups (the tables show every group)
         if groups:
             names = [g["name"] for g in self.spec["groups"]]
             unknown = sorted(set(groups) - set(names))
             if unknown:
                 raise SpecError(f"no group named {unknown} in the spec; its groups: {names}")
-            self.spec["groups"] = [g for g in self.spec["groups"] if g["name"] in groups]
+            self.only_groups = set(groups)
         self.root = Path(root or self.spec["root"])
         self.data_root = data_root
         self.runs: dict[str, Run] = {}
@@ -648,7 +649,9 @@ class Sweep:
 
     # ---------------------------------------------------------------- running
     def todo(self) -> list:
-        return [r for r in self.runs.values() if not is_done(r.dir)]
+        """The runs without a result (of the ``groups`` asked for, when given)."""
+        return [r for r in self.runs.values() if not is_done(r.dir)
+                and (self.only_groups is None or r.group in self.only_groups)]
 
     def run(self, executor, *, only: str | None = None, progress: bool = True,
             log=print) -> dict:
@@ -662,7 +665,7 @@ class Sweep:
             if phase == "final":
                 self.add_final_runs()
             todo = self.todo()
-            done = len(self.runs) - len(todo)
+            done = sum(is_done(r.dir) for r in self.runs.values())
             if phase == phases[0]:
                 report["kept"] = done
                 log(f"ccledu sweep {self.spec['name']}: {len(self.runs)} run(s) in {self.root}; "
@@ -672,12 +675,12 @@ class Sweep:
             if progress and bar is None:
                 try:
                     from tqdm.auto import tqdm
-                    bar = tqdm(total=len(self.runs), initial=done, unit="run", desc="sweep",
+                    bar = tqdm(total=done + len(todo), initial=done, unit="run", desc="sweep",
                                dynamic_ncols=True)
                 except ImportError:  # pragma: no cover
                     bar = None
             elif bar is not None:
-                bar.total = len(self.runs)
+                bar.total = bar.n + len(todo)
                 bar.refresh()
             futures = {}
             for r in todo:
@@ -932,7 +935,8 @@ def add_parser(sub):
     p.add_argument("--data-root", default=None, help="folder holding <dataset>/ (not part of a "
                    "run's identity; default $CCLEDU_DATA, then the embedded data/)")
     p.add_argument("--groups", default=None,
-                   help="comma-separated group names: run (and tabulate) only these groups")
+                   help="comma-separated group names: train only these groups' runs (the "
+                        "tables still show every group)")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rewrite the tables from the finished runs and list what "
                         "is missing")
@@ -952,7 +956,8 @@ def cmd_sweep(args) -> int:
             sweep.add_final_runs()
         todo = sweep.todo()
         sweep.write_tables()
-        print(f"{len(sweep.runs) - len(todo)} of {len(sweep.runs)} runs done; tables in "
+        print(f"{sum(is_done(r.dir) for r in sweep.runs.values())} of {len(sweep.runs)} runs "
+              f"done; tables in "
               f"{sweep.root}/results.md")
         for r in todo:
             print(f"missing: {r.label()} -> {r.dir}")

@@ -293,3 +293,16 @@ def test_cli_report_only_and_errors(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "ccledu", "sweep", str(spec), "--scheduler",
                           "tcp://127.0.0.1:9", "--connect-timeout", "2", "--quiet"], capture_output=True, text=True)
     assert bad.returncode == 2 and "cannot reach the Dask scheduler" in bad.stderr
+
+
+def test_groups_filter_what_is_trained_not_what_is_tabulated(tmp_path):
+    spec = {"name": "two", "root": str(tmp_path), "seeds": [0, 1],
+            "base": {"model": "mlp:784-8-10"},
+            "groups": [{"name": "bp", "set": {"rule": "bp"}}, {"name": "fa", "set": {"rule": "fa"}}]}
+    sweep = S.Sweep(spec, groups=["fa"])
+    assert len(sweep.runs) == 4 and {r.group for r in sweep.todo()} == {"fa"}
+    sweep.write_tables()
+    md = (tmp_path / "results.md").read_text()
+    assert "### bp" in md and "### fa" in md
+    with pytest.raises(S.SpecError, match=r"no group named \['dfa'\]"):
+        S.Sweep(spec, groups=["dfa"])
