@@ -248,3 +248,32 @@ def test_tp_rules_learn_mnist_subset(name, opts, lr):
                  limit_train=4000, limit_test=1000, lr_forward=lr, rule_options=opts), progress=False)
     assert m["test_accuracy"] > 0.6, m["test_accuracy"]
     assert m["config"]["activation"] == "tanh" and m["config"]["batch_size"] == 256
+
+
+# -------------------------------------------------------------------------------------------
+# chapter 12 exercises: the reference solutions pass their checks, wrong answers do not
+# -------------------------------------------------------------------------------------------
+
+def test_chapter_12_solutions_pass_and_common_mistakes_fail():
+    from conftest import load_solutions
+    from ccledu import check
+    sol = load_solutions("12_target_propagation")
+    quiet = dict(verbose=False)
+    check.tp_targets(sol["my_tp_targets"], **quiet)
+    check.tp_local_grad(sol["my_tp_local_grad"], **quiet)
+    check.drtp_update(sol["my_drtp_update"], **quiet)
+
+    def no_correction(acts, y, Qs, beta):
+        t = sol["my_tp_targets"](acts, y, Qs, beta)
+        return [t[l] - acts[l] + np.tanh(acts[l + 1] @ Qs[l + 1].T) for l in range(len(t) - 1)] + [t[-1]]
+    with pytest.raises(AssertionError, match="tp_targets"):
+        check.tp_targets(no_correction, **quiet)
+    with pytest.raises(AssertionError, match="tp_local_grad"):
+        check.tp_local_grad(lambda a, W, t: 0.5 * sol["my_tp_local_grad"](a, W, t), **quiet)
+    with pytest.raises(AssertionError, match="drtp_update"):
+        check.drtp_update(lambda Y, D, a, W: sol["my_drtp_update"](Y, D, a, W) * a.shape[0], **quiet)
+    from ccledu.check import ReferenceCalled
+    from ccledu.rules.dtp import difference_targets
+    with pytest.raises(ReferenceCalled):
+        check.tp_targets(lambda acts, y, Qs, beta: difference_targets(
+            acts, acts[-1], [None] + [lambda s, Q=Q: np.tanh(s @ Q.T) for Q in Qs[1:]]), **quiet)
