@@ -753,7 +753,7 @@ class Sweep:
         sel = self.selection()
         if sel:
             (self.root / "selection.json").write_text(json.dumps(
-                _jsonable(sel), indent=1, default=str) + "\n")
+                _jsonable(sel), indent=1, allow_nan=False) + "\n")
         (self.root / "results.md").write_text(self.markdown(rows, sel, report))
 
     def markdown(self, rows, sel, report) -> str:
@@ -884,12 +884,23 @@ def _fixed_label(base, fixed) -> str:
 
 
 def _jsonable(sel):
+    """The selection as strict JSON data (non-finite numbers, e.g. a diverged setting's value,
+    as null)."""
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        return o if isinstance(o, (str, int, float, bool)) or o is None else str(o)
+
     out = {}
     for name, e in sel.items():
-        out[name] = {**e, "settings": [{k: v for k, v in r.items()} for r in e["settings"]]}
+        out[name] = clean(e)
         if e["chosen"] is not None:
-            out[name]["chosen_setting"] = e["settings"][e["chosen"]]["point"]
-    return json.loads(json.dumps(out, default=lambda o: None if o in (math.inf, -math.inf) else str(o)))
+            out[name]["chosen_setting"] = clean(e["settings"][e["chosen"]]["point"])
+    return out
 
 
 def run_sweep(spec: dict, *, root=None, scheduler=None, workers=None, threads=None,

@@ -169,6 +169,9 @@ def test_selection_uses_validation_never_test(tmp_path):
     sweep.write_tables()
     md = (tmp_path / "results.md").read_text()
     assert "| g | 3 of 3 | lr_forward=0.1 | 90.00 % | 3 of 3 | 72.00 ± 2.00 |" in md
+    strict = json.loads((tmp_path / "selection.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"{c} in selection.json"))
+    assert strict["g"]["settings"][2]["value"] is None and strict["g"]["chosen_setting"] == A
     # on the validation *loss* (lower is better) B wins when its losses are lower
     spec2 = {**spec, "root": str(tmp_path / "loss"), "select": {**spec["select"], "metric": "val_loss"}}
     for s, vl in ((A, 0.4), (B, 0.3), (C, 0.1)):
