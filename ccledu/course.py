@@ -23,6 +23,28 @@ compare the whole stripped line with ``### BEGIN SOLUTION``, which is why notebo
 task on the line above), and exercise cells carry nbgrader's cell metadata, so
 ``nbgrader generate_assignment`` accepts the same notebooks.
 
+Beyond the solution regions, the instructor's notebooks carry four more kinds of marks, all
+removed from a student copy:
+
+* **twins** — a notebook task whose solution is also a package task's says so on its task line,
+  ``# Task 5.1: CCL MLP pair loss and its gradients (twins: 5.2)``. Handing out either hands out
+  both (the relation is symmetric), so neither copy of the answer stays in the student copy;
+* **hidden tests** — nbgrader's ``### BEGIN HIDDEN TESTS`` / ``### END HIDDEN TESTS`` in graded
+  cells (the checks run again with an unseen seed); always dropped from student copies;
+* **withheld results** — in markdown, ``<!-- BEGIN WITHHELD 5.1 -->`` … ``<!-- END WITHHELD -->``
+  around the boxed result a task asks the student to derive; replaced by a note when one of the
+  listed tasks is handed out; and code cells whose metadata has ``"ccledu": {"withhold_for":
+  ["5.1", "5.2"]}`` (cells that display the source of a function a task asks for);
+* **model answers** — markdown cells that are nbgrader "manually graded answer" cells
+  (``solution`` and ``grade`` in their nbgrader metadata) hold the open questions' model answers
+  between ``### BEGIN SOLUTION`` / ``### END SOLUTION``; a student copy gets "YOUR ANSWER HERE".
+
+``ccledu course nbgrader`` writes the handed-out chapters into an nbgrader course's
+``source/<assignment>/`` with the selected tasks' solutions and hidden tests left for
+``nbgrader generate_assignment`` to strip (nbgrader's conventions), and everything else already
+resolved; ``ccledu course key`` writes the instructor's answer key (solutions, withheld results,
+model answers, points) as Markdown.
+
 Python::
 
     from ccledu.course import make_student, find_tasks
@@ -32,6 +54,8 @@ Command line::
 
     ccledu course list SRC
     ccledu course make-student SRC DST [--tasks 2.1,2.3 | --tasks 2]
+    ccledu course nbgrader SRC COURSE --assignment NAME [--tasks 5]
+    ccledu course key SRC OUT.md [--tasks 5]
 """
 from __future__ import annotations
 
@@ -53,6 +77,11 @@ IGNORE = (".git", "__pycache__", "*.pyc", ".pytest_cache", "*.egg-info", ".ipynb
 _TASK_RE = re.compile(r"Task\s+([0-9A-Za-z_]+(?:\.[0-9A-Za-z_]+)*)\s*[:\-—]?\s*(.*)$")
 _TASK_LINE_RE = re.compile(r"^\s*#+\s*Task\s+([0-9A-Za-z_]+(?:\.[0-9A-Za-z_]+)*)\s*[:\-—]?\s*(.*)$")
 _CHAPTER_RE = re.compile(r"^(\d+)_")
+_TWINS_RE = re.compile(r"\s*\(twins?:\s*([0-9A-Za-z_.,\s]+)\)\s*$")
+HIDDEN_BEGIN, HIDDEN_END = "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"
+_WITHHELD_BEGIN = re.compile(r"<!--\s*BEGIN WITHHELD\s+([0-9A-Za-z_.,\s]+?)\s*-->")
+_WITHHELD_END = re.compile(r"<!--\s*END WITHHELD\s*-->")
+TEXT_STUB = "YOUR ANSWER HERE"
 
 
 @dataclass(frozen=True)
@@ -65,6 +94,7 @@ class Task:
     path: str
     cell: int | None
     line: int
+    twins: tuple = ()
 
     @property
     def message(self) -> str:
@@ -119,11 +149,16 @@ def _scan(lines: list[str], rel: str, cell, prefix: str, counter: list[int], com
                 while j >= 0 and not lines[j].strip():
                     j -= 1
                 m = _TASK_LINE_RE.match(lines[j]) if j >= 0 else None
+            twins = ()
             if m is not None:
                 tid, desc = m.group(1), m.group(2).strip()
+                t = _TWINS_RE.search(desc)
+                if t:
+                    twins = tuple(x.strip() for x in t.group(1).split(",") if x.strip())
+                    desc = desc[:t.start()].rstrip()
             else:
                 tid, desc = f"{prefix}.{counter[0]}", ""
-            task = Task(tid, desc or f"fill in the solution in {rel}", rel, cell, i + 1)
+            task = Task(tid, desc or f"fill in the solution in {rel}", rel, cell, i + 1, twins)
         elif _is_delim(line, END):
             if begin is None:
                 raise ValueError(f"{rel}{_where(cell, i)}: '### {END}' without a BEGIN")
@@ -182,6 +217,9 @@ def _file_regions(path: Path, root: Path):
         out = []
         for c, cell in enumerate(nb.get("cells", [])):
             lines = _cell_source(cell).splitlines(keepends=True)
+            if cell.get("cell_type") != "code":      # markdown regions are model answers
+                out.append((c, lines, []))
+                continue
             out.append((c, lines, _scan(lines, rel, c, prefix, counter)))
         return nb, out
     text = path.read_text(encoding="utf-8")
@@ -209,18 +247,40 @@ def find_tasks(src) -> list[Task]:
     return tasks
 
 
+def selected_ids(tasks, all_tasks) -> set:
+    """The ids handed out for ``tasks`` (None: all; a list or '2.1,2' text of task ids or chapter
+    numbers), closed under the twin relation: a task and its twins go together."""
+    known = {t.id for t in all_tasks}
+    if tasks is None:
+        ids = set(known)
+    else:
+        if isinstance(tasks, str):
+            tasks = tasks.split(",")
+        wanted = [str(w).strip() for w in tasks if str(w).strip()]
+        for w in wanted:
+            if w not in known and not any(k.startswith(w + ".") for k in known):
+                raise ValueError(f"no task {w!r}; the tasks are: {', '.join(t.id for t in all_tasks)}")
+        ids = {k for k in known if any(k == w or k.startswith(w + ".") for w in wanted)}
+    links = {}
+    for t in all_tasks:
+        for o in t.twins:
+            if o not in known:
+                raise ValueError(f"task {t.id} ({t.path}) names twin {o}, which is no task")
+            links.setdefault(t.id, set()).add(o)
+            links.setdefault(o, set()).add(t.id)
+    todo = list(ids)
+    while todo:
+        for o in links.get(todo.pop(), ()):
+            if o not in ids:
+                ids.add(o)
+                todo.append(o)
+    return ids
+
+
 def _selector(tasks, all_tasks):
     """Turn ``tasks`` (None, a list, or '2.1,2' text) into a predicate over Task."""
-    if tasks is None:
-        return lambda t: True
-    if isinstance(tasks, str):
-        tasks = [s for s in tasks.split(",")]
-    wanted = [str(s).strip() for s in tasks if str(s).strip()]
-    known = {t.id for t in all_tasks}
-    for w in wanted:
-        if w not in known and not any(k.startswith(w + ".") for k in known):
-            raise ValueError(f"no task {w!r}; the tasks are: {', '.join(t.id for t in all_tasks)}")
-    return lambda t: any(t.id == w or t.id.startswith(w + ".") for w in wanted)
+    ids = selected_ids(tasks, all_tasks)
+    return lambda t: t.id in ids
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,16 +299,147 @@ def strip_notebook(nb: dict) -> dict:
     return nb
 
 
+def _drop_region(lines, begin_word, end_word, where):
+    """Remove the lines from a ``begin_word`` comment line to its ``end_word`` line (inclusive)."""
+    out, inside = [], False
+    for i, line in enumerate(lines):
+        if begin_word in line:
+            if inside:
+                raise ValueError(f"{where}: nested '{begin_word}'")
+            inside = True
+        elif end_word in line:
+            if not inside:
+                raise ValueError(f"{where}: '{end_word}' without a BEGIN")
+            inside = False
+        elif not inside:
+            out.append(line)
+    if inside:
+        raise ValueError(f"{where}: '{begin_word}' is never closed")
+    return out
+
+
+def _withhold_markdown(text, ids, where):
+    """Resolve ``<!-- BEGIN WITHHELD 5.1 -->`` regions: a note if a listed task is in ``ids``,
+    else the content without the markers."""
+    out, pos = [], 0
+    while True:
+        m = _WITHHELD_BEGIN.search(text, pos)
+        if m is None:
+            out.append(text[pos:])
+            return "".join(out)
+        e = _WITHHELD_END.search(text, m.end())
+        if e is None:
+            raise ValueError(f"{where}: '<!-- BEGIN WITHHELD -->' is never closed")
+        listed = [x.strip() for x in m.group(1).split(",") if x.strip()]
+        out.append(text[pos:m.start()])
+        if any(t in ids for t in listed):
+            names = " / ".join(f"Task {t}" for t in listed)
+            if text[:m.start()].count("$$") % 2:          # inside a display formula
+                out.append(f"\\boxed{{\\;\\text{{withheld: deriving this is part of {names}}}\\;}}")
+            else:
+                out.append(f"*[Withheld in this copy: deriving this result is part of {names}.]*")
+        else:
+            out.append(text[m.end():e.start()])
+        pos = e.end()
+
+
+def _answer_stub(lines):
+    """A model-answer cell in a student copy: its solution regions (or all of it) become the
+    text stub."""
+    if not any(BEGIN in line for line in lines):
+        return TEXT_STUB
+    out, inside = [], False
+    for line in lines:
+        if BEGIN in line:
+            inside = True
+            out.append(TEXT_STUB + "\n")
+        elif END in line:
+            inside = False
+        elif not inside:
+            out.append(line)
+    return "".join(out).rstrip("\n")
+
+
+def _nbgrader_meta(cell):
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def _task_functions(nb, parts):
+    """{task id: names the task's solution cell defines (``def name``)}."""
+    out = {}
+    for c, lines, regions in parts:
+        names = re.findall(r"^def\s+(\w+)", "".join(lines), re.M)
+        for t, _, _ in regions:
+            out.setdefault(t.id, set()).update(names)
+    return out
+
+
+def grade_cell_tasks(source: str, functions: dict) -> set:
+    """The tasks a graded cell grades: those whose solution functions it calls."""
+    return {tid for tid, names in functions.items()
+            if any(re.search(rf"\b{re.escape(n)}\b", source) for n in names)}
+
+
+def _student_notebook(nb, parts, rel, ids, keep_selected=False):
+    """Rewrite a parsed chapter notebook in place for a student copy (``keep_selected``: for
+    nbgrader's source folder, where the handed-out tasks keep their solutions and hidden tests
+    and everything else loses its nbgrader metadata)."""
+    functions = _task_functions(nb, parts)
+    for c, lines, regions in parts:
+        cell = nb["cells"][c]
+        where = f"{rel} (cell {c})"
+        meta = _nbgrader_meta(cell)
+        if cell.get("cell_type") == "markdown":
+            text = _cell_source(cell)
+            if meta.get("solution"):
+                if not keep_selected:
+                    text = _answer_stub(text.splitlines(keepends=True))
+            text = _withhold_markdown(text, ids, where)
+            cell["source"] = text
+            continue
+        if cell.get("cell_type") != "code":
+            continue
+        withhold = cell.get("metadata", {}).get("ccledu", {}).get("withhold_for", [])
+        if any(t in ids for t in withhold):
+            names = " / ".join(f"Task {t}" for t in withhold)
+            kept = [line for line in lines if re.match(r"(from|import)\s", line)]
+            cell["source"] = "".join(kept) + (
+                f"# Withheld in this copy: this cell displayed the source of code that "
+                f"{names} asks you to write.")
+            continue
+        mine = {t.id for t, _, _ in regions}
+        if keep_selected and mine & ids:
+            out = lines                                  # nbgrader strips these itself
+        else:
+            out = _rewrite(lines, regions, lambda t: t.id in ids) if regions else lines
+        graded = grade_cell_tasks(_cell_source(cell), functions) if meta.get("grade") else set()
+        keep_hidden = keep_selected and meta.get("grade") and bool(graded & ids)
+        if not keep_hidden:
+            out = _drop_region(out, HIDDEN_BEGIN, HIDDEN_END, where)
+        if keep_selected and meta and not (mine & ids) and not (graded & ids):
+            cell["metadata"].pop("nbgrader", None)       # not part of this assignment
+        if out is not lines or regions:
+            text = "".join(out)
+            if not "".join(lines).endswith("\n"):
+                text = text.rstrip("\n")
+            cell["source"] = text
+    strip_notebook(nb)
+    return nb
+
+
 def make_student(src, dst, tasks=None) -> list[Task]:
     """Write a student copy of the repository ``src`` into the new directory ``dst``.
 
     Everything is copied except version-control and build leftovers (``IGNORE``); then in every
     chapter notebook and every ``ccledu/**/*.py`` file the selected solution regions become
     ``raise NotImplementedError("Task N.k: ...")`` and the delimiters of the other regions are
-    dropped (their reference code stays). Notebook outputs are stripped.
+    dropped (their reference code stays). In the notebooks, hidden tests and model answers are
+    removed, and the withheld results and source cells of the handed-out tasks are replaced by a
+    note (see the module docstring). Notebook outputs are stripped.
 
     ``tasks``: None (every task), or task ids / chapter numbers, as a list or comma-separated
-    text ("2.1,2.3", or "2" for all of chapter 2's tasks).
+    text ("2.1,2.3", or "2" for all of chapter 2's tasks); twins of a selected task are selected
+    too.
 
     Returns the list of tasks replaced. A rewritten ``.py`` file is compiled to make sure the
     stubs leave valid Python.
@@ -261,7 +452,8 @@ def make_student(src, dst, tasks=None) -> list[Task]:
     if dst.exists() and any(dst.iterdir()):
         raise ValueError(f"{dst} exists and is not empty; choose a new directory")
     all_tasks = find_tasks(src)
-    selected = _selector(tasks, all_tasks)
+    ids = selected_ids(tasks, all_tasks)
+    selected = lambda t: t.id in ids  # noqa: E731
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*IGNORE), dirs_exist_ok=True)
     done = []
     for path in _source_files(src):
@@ -269,14 +461,8 @@ def make_student(src, dst, tasks=None) -> list[Task]:
         nb, parts = _file_regions(path, src)
         target = dst / rel
         if nb is not None:
-            for c, lines, regions in parts:
-                if regions:
-                    text = "".join(_rewrite(lines, regions, selected))
-                    if not "".join(lines).endswith("\n"):
-                        text = text.rstrip("\n")
-                    nb["cells"][c]["source"] = text
-                    done += [t for t, _, _ in regions if selected(t)]
-            strip_notebook(nb)
+            _student_notebook(nb, parts, rel.as_posix(), ids)
+            done += [t for _, _, regions in parts for t, _, _ in regions if selected(t)]
             target.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         else:
             _, lines, regions = parts[0]
@@ -291,6 +477,117 @@ def make_student(src, dst, tasks=None) -> list[Task]:
             target.write_text(text, encoding="utf-8")
             done += [t for t, _, _ in regions if selected(t)]
     return done
+
+
+NBGRADER_CONFIG = """\
+# nbgrader configuration written by `ccledu course nbgrader` (edit freely).
+c = get_config()
+c.CourseDirectory.course_id = "ccledu"
+# chapters in full mode train for minutes; quick mode (CCLEDU_QUICK=1) for seconds
+c.Execute.timeout = 1800
+"""
+
+
+def export_nbgrader(src, course, assignment: str, tasks=None) -> list[Path]:
+    """Write the chapters of the handed-out notebook tasks into the nbgrader course directory
+    ``course`` as ``source/<assignment>/<chapter>.ipynb`` (and a ``nbgrader_config.py`` when the
+    course has none). Returns the notebooks written.
+
+    The handed-out tasks keep their solution regions and hidden tests, for
+    ``nbgrader generate_assignment`` to replace and remove; the other tasks of the chapter are
+    resolved (their code given, their cells no longer graded); withheld results and source cells
+    are replaced already; model answers stay in nbgrader's manually graded answer cells.
+    """
+    src, course = Path(src).resolve(), Path(course).resolve()
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", assignment):
+        raise ValueError(f"assignment name {assignment!r}: use letters, digits, '.', '_', '-'")
+    all_tasks = find_tasks(src)
+    ids = selected_ids(tasks, all_tasks)
+    chapters = sorted({t.path for t in all_tasks if t.id in ids and t.path.endswith(".ipynb")})
+    if not chapters:
+        raise ValueError("the selected tasks include no notebook task; nbgrader grades notebooks "
+                         "(grade package tasks with `pytest -m chNN`, see docs/teaching.md)")
+    out_dir = course / "source" / assignment
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not (course / "nbgrader_config.py").exists():
+        (course / "nbgrader_config.py").write_text(NBGRADER_CONFIG, encoding="utf-8")
+    written = []
+    for rel in chapters:
+        nb, parts = _file_regions(src / rel, src)
+        _student_notebook(nb, parts, rel, ids, keep_selected=True)
+        target = out_dir / Path(rel).name
+        target.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        written.append(target)
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# The instructor's answer key
+# --------------------------------------------------------------------------------------------
+
+def _region_text(lines, begin=BEGIN, end=END):
+    out, inside = [], False
+    for line in lines:
+        if begin in line:
+            inside = True
+        elif end in line:
+            inside = False
+        elif inside:
+            out.append(line)
+    return "".join(out)
+
+
+def answer_key(src, tasks=None) -> str:
+    """The instructor's key as Markdown: per chapter its graded cells and points, each task's
+    reference solution, the results withheld from students, and the model answers."""
+    src = Path(src).resolve()
+    all_tasks = find_tasks(src)
+    ids = selected_ids(tasks, all_tasks)
+    by_id = {t.id: t for t in all_tasks}
+    out = ["# ccledu — instructor's answer key", "",
+           "Generated by `ccledu course key` from the instructor's notebooks; do not hand out.", ""]
+    for path in sorted((src / "chapters").glob("[0-9][0-9]_*.ipynb")):
+        nb, parts = _file_regions(path, src)
+        chapter_tasks = [t for _, _, regions in parts for t, _, _ in regions]
+        if tasks is not None and not any(t.id in ids for t in chapter_tasks):
+            continue
+        cells = nb["cells"]
+        title = next((l.lstrip("# ").strip() for l in _cell_source(cells[0]).splitlines()
+                      if l.startswith("#")), path.stem)
+        out += [f"## {title}", ""]
+        functions = _task_functions(nb, parts)
+        rows = []
+        for c, cell in enumerate(cells):
+            meta = _nbgrader_meta(cell)
+            if meta.get("grade"):
+                kind = "manual (written answers)" if cell.get("cell_type") == "markdown" else "autograded"
+                graded = sorted(grade_cell_tasks(_cell_source(cell), functions))
+                rows.append(f"| `{meta.get('grade_id')}` | {kind} | {', '.join(graded) or '—'} | "
+                            f"{meta.get('points', 0)} |")
+        if rows:
+            out += ["| graded cell | kind | tasks | points |", "|---|---|---|---|", *rows, ""]
+        for c, lines, regions in parts:
+            cell = cells[c]
+            for t, b, e in regions:
+                twins = set(t.twins) | {o.id for o in all_tasks if t.id in o.twins}
+                extra = f" (twin of {', '.join(f'Task {x}' for x in sorted(twins))})" if twins else ""
+                out += [f"### Task {t.id}: {t.description}{extra}", "", "```python",
+                        "".join(lines[b + 1:e]).rstrip("\n"), "```", ""]
+            if cell.get("cell_type") == "markdown":
+                text = _cell_source(cell)
+                for m in _WITHHELD_BEGIN.finditer(text):
+                    e = _WITHHELD_END.search(text, m.end())
+                    listed = ", ".join(f"Task {x.strip()}" for x in m.group(1).split(","))
+                    out += [f"**Withheld from students ({listed}):**", "",
+                            text[m.end():e.start()].strip(), ""]
+                if _nbgrader_meta(cell).get("solution"):
+                    out += ["### Model answers to the questions", "",
+                            _region_text(lines).strip() or text.strip(), ""]
+        pkg = [t for t in all_tasks if t.path.startswith("ccledu/") and t.chapter == str(int(path.name[:2]))]
+        for t in pkg:
+            out += [f"*Package task {t.id}* ({t.description}): reference in `{t.path}` "
+                    f"line {t.line}; graded by `pytest -m ch{int(t.chapter):02d}`.", ""]
+    return "\n".join(out).rstrip("\n") + "\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,9 +614,28 @@ def _cmd_make_student(args) -> int:
     return 0
 
 
+def _cmd_nbgrader(args) -> int:
+    written = export_nbgrader(args.src, args.course, args.assignment, tasks=args.tasks)
+    print(f"wrote {len(written)} notebook(s) to {Path(args.course) / 'source' / args.assignment}:")
+    for p in written:
+        print(f"  {p.name}")
+    print(f"next: cd {args.course} && nbgrader generate_assignment {args.assignment}")
+    return 0
+
+
+def _cmd_key(args) -> int:
+    text = answer_key(args.src, tasks=args.tasks)
+    if args.out == "-":
+        print(text, end="")
+    else:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote the answer key to {args.out}")
+    return 0
+
+
 def add_parser(sub):
-    """Add ``ccledu course list|make-student`` to the CLI's sub-parsers."""
-    p = sub.add_parser("course", help="coursework tools: list tasks, make a student copy",
+    """Add ``ccledu course list|make-student|nbgrader|key`` to the CLI's sub-parsers."""
+    p = sub.add_parser("course", help="coursework tools: list tasks, make a student copy, nbgrader, key",
                        description="Coursework tools. Solutions live between '### BEGIN SOLUTION' "
                                    "and '### END SOLUTION' lines (nbgrader's delimiters).")
     csub = p.add_subparsers(dest="course_command", metavar="ACTION")
@@ -334,4 +650,16 @@ def add_parser(sub):
                    help="comma-separated task ids or chapter numbers to hand out, e.g. 2.1,2.3 "
                         "or 2 (default: every task)")
     q.set_defaults(func=_cmd_make_student)
+    q = csub.add_parser("nbgrader", help="write the handed-out chapters into an nbgrader course's "
+                                         "source/<assignment>/")
+    q.add_argument("src", help="the instructor's repository (with solutions)")
+    q.add_argument("course", help="the nbgrader course directory (created if missing)")
+    q.add_argument("--assignment", required=True, help="the nbgrader assignment name, e.g. ch05")
+    q.add_argument("--tasks", default=None, help="task ids or chapter numbers (default: every task)")
+    q.set_defaults(func=_cmd_nbgrader)
+    q = csub.add_parser("key", help="write the instructor's answer key (Markdown)")
+    q.add_argument("src", help="the instructor's repository (with solutions)")
+    q.add_argument("out", help="output file (.md), or - for standard output")
+    q.add_argument("--tasks", default=None, help="only the chapters of these tasks (default: all)")
+    q.set_defaults(func=_cmd_key)
     return p

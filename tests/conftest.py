@@ -37,3 +37,35 @@ def _data_env():
     if "CCLEDU_DATA" not in os.environ and os.path.isdir(shared):
         os.environ["CCLEDU_DATA"] = shared
     yield
+
+
+_SOLUTIONS = {}
+
+
+def load_solutions(chapter: str) -> dict:
+    """The namespace of a chapter's reference solutions: its first (setup) cell, every top-level
+    import of its other code cells, then each task (solution) cell, executed in-process. Keys are
+    the notebook's names, e.g. ``load_solutions("03_feedback_alignment")["my_fa_delta"]``."""
+    import ast
+    import json
+    from pathlib import Path
+    if chapter not in _SOLUTIONS:
+        path = Path(__file__).resolve().parent.parent / "chapters" / f"{chapter}.ipynb"
+        cells = [c for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+                 if c["cell_type"] == "code"]
+        srcs = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"] for c in cells]
+        ns = {"display": lambda *a, **k: None}
+        exec(compile(srcs[0], f"{chapter}[setup]", "exec"), ns)
+        for src in srcs[1:]:
+            try:
+                tree = ast.parse(src)
+            except SyntaxError:
+                continue
+            for node in tree.body:
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    exec(ast.get_source_segment(src, node), ns)
+        for cell, src in zip(cells, srcs):
+            if cell.get("metadata", {}).get("nbgrader", {}).get("solution"):
+                exec(compile(src, f"{chapter}[task]", "exec"), ns)
+        _SOLUTIONS[chapter] = ns
+    return _SOLUTIONS[chapter]

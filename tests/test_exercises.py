@@ -15,8 +15,8 @@ import pytest
 from ccledu import check
 from ccledu.testing import numerical_vjp
 
-FD = dict(rtol=1e-5, atol=1e-7, verbose=False)   # tolerances against finite differences
-EXACT = dict(rtol=1e-12, atol=1e-12, verbose=False)
+FD = dict(rtol=1e-5, atol=1e-7, verbose=False, poison=False)   # tolerances against finite differences
+EXACT = dict(rtol=1e-12, atol=1e-12, verbose=False, poison=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def loop_conv_backward(x, W, dy, stride, pad):
 
 @pytest.mark.ch02
 def test_conv_backward_matches_the_definition():
-    check.conv_backward(package_conv_backward, reference=loop_conv_backward, rtol=1e-10, atol=1e-12,
+    check.conv_backward(package_conv_backward, reference=loop_conv_backward, rtol=1e-10, atol=1e-12, poison=False,
                         verbose=False)
 
 

@@ -11,7 +11,7 @@ import pytest
 from ccledu import check
 from ccledu.testing import grad_rel_error, numerical_gradient
 
-FD = dict(rtol=1e-5, atol=1e-7, verbose=False)
+FD = dict(rtol=1e-5, atol=1e-7, verbose=False, poison=False)
 
 
 def package_pair(A, S, Y, lam):

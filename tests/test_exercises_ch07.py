@@ -10,7 +10,7 @@ import pytest
 from ccledu import check
 from ccledu.testing import grad_rel_error, numerical_gradient, numerical_vjp
 
-FD = dict(rtol=1e-5, atol=1e-7, verbose=False)
+FD = dict(rtol=1e-5, atol=1e-7, verbose=False, poison=False)
 EPS = 1e-8
 
 

@@ -1,5 +1,5 @@
-"""Checks for exercises: run a student's function and ccledu's reference on the same random
-inputs and explain the first mismatch.
+"""Checks for the notebook exercises: run a student's function on fixed float64 cases, compare it
+with an *independent oracle* and explain the first mismatch.
 
 In a notebook::
 
@@ -10,41 +10,62 @@ In a notebook::
 
 Every check
 
-* builds a few float64 cases (several shapes, stride 2, padding, ...) from a fixed seed;
-* calls ``fn`` and the reference on *separate copies* of the inputs (so an in-place slip in
-  ``fn`` cannot hide behind the reference);
+* builds a few float64 cases (several shapes, stride 2, padding, the edge cases the task warns
+  about) from a seed; ``seed=`` picks other random cases (the hidden tests of the graded cells
+  use seeds the student never sees);
+* calls ``fn`` and the oracle on *separate copies* of the inputs;
 * compares every output with :func:`ccledu.testing.compare`; on the first mismatch it raises
-  ``AssertionError`` naming the case and the output ("case 3 (stride 2, pad 1), dx: ... mine
-  vs reference ...");
-* lets ``NotImplementedError`` from ``fn`` through unchanged (the stub of an unfinished task);
-* accepts ``reference=`` to compare against another implementation (the tests of the
-  package exercises pass independent oracles: finite differences, explicit loops);
-* accepts ``rtol=``, ``atol=``, ``verbose=`` (passed to :func:`_run_cases`);
-* returns the number of cases.
+  ``AssertionError`` naming the case and the output;
+* returns ``None``: nothing numeric is ever a grade cell's last value (nbgrader would read it
+  as a partial score);
+* lets ``NotImplementedError`` from ``fn`` through unchanged (the stub of an unfinished task).
 
-The signature contract of ``fn`` is in each check's docstring.
+**Oracles that do not give the answer away.** The oracles never call the package code a task
+asks for (nor its twin): gradients are compared with central finite differences of the loss
+*definition*, layouts with the definition evaluated one index at a time, and metrics with an
+equivalent but different formula (CKA from centred Gram matrices, the angle from atan2). So a
+check still works in a student copy where the package twin of the task is a stub.
 
-Adding a check (later chapters): write a reference with the contract's signature, a list of
-:class:`Case`, and call :func:`_run_cases`::
+**No calling the reference.** While the student's function runs, every function of
+``ccledu.check`` and of ``ccledu.testing``'s finite-difference helpers, and the package functions
+a check lists as the task's reference (e.g. ``ccledu.metrics.linear_cka`` for Task 9.1), are
+*poisoned*: their code object is swapped, for every function object that shares it (so an
+earlier ``from ccledu.metrics import linear_cka`` or a saved reference is caught too), for one
+that raises :class:`ReferenceCalled` — "your function calls ccledu's own ...; write it
+yourself". The swap is undone before the oracle runs.
+
+**Grade cells that a student cell cannot fake.** A graded cell first drops ``ccledu.check`` and
+``ccledu.testing`` from ``sys.modules`` and imports the check afresh from disk (so a student cell
+that replaced ``check.im2col`` by ``lambda f: print("✓")`` has no effect), and its hidden-test
+part (nbgrader's ``### BEGIN HIDDEN TESTS``) runs the check again with an unseen seed.
+
+``reference=`` replaces the oracle (the package tests pass their own), ``rtol=``, ``atol=``,
+``verbose=`` go to :func:`_run_cases`. ``CHECKS`` lists the registered checks by name.
+
+Adding a check: write an oracle with the contract's signature, a list of :class:`Case`, and call
+:func:`_run_cases` with the task id and the package functions to poison::
 
     @register
     def fa_delta(fn, reference=None, seed=0, **options):
-        \"\"\"fn(delta_next, B, dsigma) -> delta  ...\"\"\"
-        g = _rng(seed)
-        cases = [Case(f"N={n}", (g.standard_normal((n, 5)), g.standard_normal((5, 7)),
-                                 g.random((n, 7)))) for n in (1, 4)]
-        return _run_cases("fa_delta", fn, reference or _ref_fa_delta, cases, **options)
-
-``CHECKS`` lists the registered checks by name.
+        \"\"\"fn(delta_next, B, z) -> delta  ...\"\"\"
+        cases = [...]
+        _run_cases("fa_delta", fn, reference or _fd_fa_delta, cases, task="3.1",
+                   forbid=("ccledu.rules.fa",), **options)
 """
 from __future__ import annotations
 
 import copy
+import gc
+import importlib
+import inspect
+import sys
+import types
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..testing import compare, numerical_gradient, grad_rel_error
+from ..testing import compare
 
 #: name -> check function (filled by :func:`register`)
 CHECKS: dict = {}
@@ -71,6 +92,127 @@ def _rng(seed):
     return np.random.default_rng([20240, int(seed)])
 
 
+class ReferenceCalled(AssertionError):
+    """Raised when a student's function calls ccledu's own implementation of the task (or one of
+    the checks' oracles) instead of computing the answer itself."""
+
+
+# --------------------------------------------------------------------------------------------
+# Poisoning the references while the student's function runs
+# --------------------------------------------------------------------------------------------
+
+#: package functions no task may call (finite differences are the checks' oracle, not an answer)
+ALWAYS_FORBIDDEN = ("ccledu.testing:numerical_gradient", "ccledu.testing:numerical_vjp")
+
+
+def _functions_of(obj, prefix=""):
+    """(qualified name, plain function) for a function, or every function/method of a class or
+    module (a module: only what it defines itself)."""
+    if isinstance(obj, types.FunctionType):
+        return [(prefix or obj.__qualname__, obj)]
+    if isinstance(obj, (staticmethod, classmethod)):
+        return _functions_of(obj.__func__, prefix)
+    if isinstance(obj, property):
+        return [f for part in (obj.fget, obj.fset) if part is not None
+                for f in _functions_of(part, prefix)]
+    out = []
+    if isinstance(obj, type):
+        for k, v in vars(obj).items():
+            out += _functions_of(v, f"{prefix}.{k}") if isinstance(
+                v, (types.FunctionType, staticmethod, classmethod, property)) else []
+        return out
+    if isinstance(obj, types.ModuleType):
+        for k, v in vars(obj).items():
+            if getattr(v, "__module__", None) != obj.__name__:
+                continue
+            if isinstance(v, (types.FunctionType, type)):
+                out += _functions_of(v, f"{obj.__name__}.{k}")
+        return out
+    return out
+
+
+def _resolve(spec: str):
+    """'pkg.mod' (everything it defines) or 'pkg.mod:Name.attr' -> [(qualified name, function)]."""
+    mod_name, _, attr = spec.partition(":")
+    mod = importlib.import_module(mod_name)
+    if not attr:
+        return _functions_of(mod)
+    obj = mod
+    for part in attr.split("."):
+        obj = inspect.getattr_static(obj, part)
+    return _functions_of(obj, f"{mod_name}.{attr}")
+
+
+def _check_functions():
+    """Every function and method that the ccledu.check modules define (module level and class
+    level; the closures a check builds at run time are new code objects and stay callable)."""
+    out = []
+    for name, mod in list(sys.modules.items()):
+        if mod is not None and (name == __name__ or name.startswith(__name__ + ".")):
+            out += _functions_of(mod)
+    return out
+
+
+def _poison_code(fn, message):
+    """A code object that raises ReferenceCalled(message), with ``fn``'s number of free
+    variables (so that it can replace ``fn.__code__``)."""
+    names = [f"_v{i}" for i in range(len(fn.__code__.co_freevars))]
+    body = ("def _outer():\n" + "".join(f"    {n} = None\n" for n in names)
+            + "    def _poisoned(*args, **kwargs):\n"
+            + (f"        ({', '.join(names)},)\n" if names else "")
+            + "        raise __import__('ccledu.check', fromlist=['ReferenceCalled'])"
+              f".ReferenceCalled({message!r})\n"
+            + "    return _poisoned\n")
+    ns = {}
+    exec(compile(body, "<ccledu.check: reference poisoned>", "exec"), ns)
+    return ns["_outer"]().__code__.replace(co_name=fn.__code__.co_name)
+
+
+def _code_key(code):
+    """Where a function was defined: the same key for a function object and its copies, and for
+    the function of a module that was imported again (a grade cell re-imports the checks)."""
+    return (code.co_filename, code.co_firstlineno, code.co_name)
+
+
+@contextmanager
+def _no_reference(task=None, forbid=()):
+    """While active, every function object whose code comes from a forbidden function (the
+    checks' own functions, ``ALWAYS_FORBIDDEN`` and ``forbid``) raises :class:`ReferenceCalled`;
+    everything is restored on exit."""
+    targets = {}
+    for spec in tuple(forbid) + ALWAYS_FORBIDDEN:
+        for qual, fn in _resolve(spec):
+            targets.setdefault(_code_key(fn.__code__), qual)
+    for qual, fn in _check_functions():
+        targets.setdefault(_code_key(fn.__code__), f"ccledu.check helper {qual}")
+    what = f"Task {task}: " if task else ""
+    plan = []
+    for obj in gc.get_objects():
+        if type(obj) is types.FunctionType and _code_key(obj.__code__) in targets:
+            message = (f"{what}your function calls {targets[_code_key(obj.__code__)]} (ccledu's own code); "
+                       f"compute the result yourself: NumPy is fine, ccledu's implementation and "
+                       f"the checks' oracles are not")
+            plan.append((obj, obj.__code__, _poison_code(obj, message)))
+    swapped = []
+    try:
+        for obj, original, poisoned in plan:      # no call below may reach a poisoned function
+            swapped.append((obj, original))
+            obj.__code__ = poisoned
+        yield
+    finally:
+        for obj, original in swapped:
+            obj.__code__ = original
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+# --------------------------------------------------------------------------------------------
+# Running cases
+# --------------------------------------------------------------------------------------------
+
 def _as_outputs(out, names):
     """Normalise a function's result into an ordered {name: array} dict."""
     if isinstance(out, dict):
@@ -84,26 +226,40 @@ def _as_outputs(out, names):
 
 
 def _run_cases(name: str, mine, reference, cases, *, outputs=None, rtol: float = RTOL,
-               atol: float = ATOL, verbose: bool = True) -> int:
+               atol: float = ATOL, verbose: bool = True, task: str | None = None,
+               forbid=(), poison: bool = True, post=None) -> None:
     """Compare ``mine(*case.args, **case.kwargs)`` with ``reference(...)`` on every case.
 
     ``outputs``: names of the outputs when the functions return a tuple (e.g. ("dW", "dx"));
-    dict results are compared key by key (``mine`` must return the same keys).
+    dict results are compared key by key (``mine`` must return the same keys). ``mine`` runs
+    with the checks' functions and ``forbid`` poisoned (see the module docstring) unless
+    ``poison`` is False. ``post(result, *case.args)``, when given, turns the student's raw result
+    into the outputs to compare, after the poison is lifted. Returns None.
     """
     if not callable(mine):
         raise TypeError(f"check.{name} expects your function, got {type(mine).__name__}")
-    for k, case in enumerate(cases, 1):
+    results = []
+    with (_no_reference(task, forbid) if poison else _nothing()):
+        for k, case in enumerate(cases, 1):
+            where = f"{name}, case {k} of {len(cases)} ({case.label})"
+            try:
+                got = mine(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
+            except (NotImplementedError, ReferenceCalled):
+                raise
+            except Exception as e:
+                if hasattr(e, "add_note"):
+                    e.add_note(f"raised by your function in {where}")
+                results.append(e)          # raised when its case comes up, after earlier mismatches
+                break
+            results.append(got)
+    for k, (case, got) in enumerate(zip(cases, results), 1):
         where = f"{name}, case {k} of {len(cases)} ({case.label})"
-        try:
-            got = mine(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
-        except NotImplementedError:
-            raise
-        except Exception as e:
-            if hasattr(e, "add_note"):
-                e.add_note(f"raised by your function in {where}")
-            raise
+        if isinstance(got, Exception):
+            raise got
         if got is None:
             raise AssertionError(f"{where}: your function returned None (a missing return?)")
+        if post is not None:
+            got = post(got, *case.args)
         try:
             ref = reference(*copy.deepcopy(case.args), **copy.deepcopy(case.kwargs))
         except NotImplementedError as e:
@@ -119,271 +275,57 @@ def _run_cases(name: str, mine, reference, cases, *, outputs=None, rtol: float =
             compare(label, got[out_name], r, rtol=rtol, atol=atol)
     if verbose:
         print(f"✓ {name}: all {len(cases)} cases match")
-    return len(cases)
+    return None
 
 
 # --------------------------------------------------------------------------------------------
-# Chapter 1: linear layers, activations, backprop
+# Oracle helpers shared by the chapters' checks (definitions and finite differences)
 # --------------------------------------------------------------------------------------------
 
-def _ref_linear_backward(x, W, dy):
-    from ..layers import Linear
-    layer = Linear(W.shape[1], W.shape[0], bias=False, dtype=W.dtype)
-    layer.params["weight"] = W
-    layer.forward(x)
-    dx = layer.backward(dy)
-    return layer.grads["weight"], dx
+FD_STEP = 1e-6
 
 
-@register
-def linear_backward(fn, reference=None, seed=0, **options) -> int:
-    """Backward pass of y = x Wᵀ.
-
-    Contract: ``fn(x, W, dy) -> (dW, dx)`` with x (N, in), W (out, in), dy = dL/dy (N, out);
-    returns dW = dL/dW (out, in) and dx = dL/dx (N, in). No bias.
-    """
-    g = _rng(seed)
-    cases = [Case(f"N={n}, in={i}, out={o}", (g.standard_normal((n, i)), g.standard_normal((o, i)),
-                                            g.standard_normal((n, o))))
-             for n, i, o in [(1, 3, 2), (4, 7, 5), (16, 10, 3), (5, 1, 6)]]
-    return _run_cases("linear_backward", fn, reference or _ref_linear_backward, cases,
-                      outputs=("dW", "dx"), **options)
-
-
-def _ref_elu_grad(z):
-    from ..layers import activate, activation_grad
-    return activation_grad("elu", z, activate("elu", z))
+def fd_grad(f, x, h: float = FD_STEP):
+    """Central differences of the scalar ``f(x)`` with respect to the float64 array ``x``
+    (``x`` is not modified): returns ∂f/∂x, shape of x."""
+    x = np.array(x, dtype=np.float64, copy=True)
+    grad = np.zeros_like(x)
+    flat, gflat = x.reshape(-1), grad.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + h
+        fp = float(f(x))
+        flat[i] = old - h
+        fm = float(f(x))
+        flat[i] = old
+        gflat[i] = (fp - fm) / (2 * h)
+    return grad
 
 
-@register
-def elu_grad(fn, reference=None, seed=0, **options) -> int:
-    """Derivative of ELU (α = 1): σ(z) = z for z > 0, eᶻ − 1 otherwise.
-
-    Contract: ``fn(z) -> σ'(z)``, element-wise, same shape as z (any shape).
-    """
-    g = _rng(seed)
-    cases = [Case("scalars around 0", (np.array([-3.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 3.0]),)),
-             Case("(4, 5) normal", (g.standard_normal((4, 5)),)),
-             Case("(2, 3, 4, 4) wide range", (10 * g.standard_normal((2, 3, 4, 4)),)),
-             Case("very negative", (np.array([-50.0, -700.0]),))]
-    return _run_cases("elu_grad", fn, reference or _ref_elu_grad, cases, **options)
+def fd_vjp(f, x, dy, h: float = FD_STEP):
+    """Finite-difference vector–Jacobian product ∂⟨f(x), dy⟩/∂x."""
+    dy = np.asarray(dy, dtype=np.float64)
+    return fd_grad(lambda v: np.sum(np.asarray(f(v), dtype=np.float64) * dy), x, h)
 
 
-def _small_models(seed):
-    from ..models import cnn, mlp
-    g = _rng(seed)
-    out = []
-    m = mlp([12, 9, 7, 5], activation="elu", seed=seed, dtype="float64")
-    out.append(Case("MLP 12-9-7-5 ELU", (m, g.standard_normal((6, 12)), g.integers(0, 5, 6))))
-    m = mlp([8, 6, 4], activation="tanh", bias=True, seed=seed + 1, dtype="float64")
-    out.append(Case("MLP 8-6-4 tanh, bias", (m, g.standard_normal((3, 8)), g.integers(0, 4, 3))))
-    m = cnn((2, 8, 8), (3, 4), 5, activation="elu", seed=seed + 2, dtype="float64")
-    out.append(Case("CNN 2x8x8-c3-c4-5", (m, g.standard_normal((4, 2, 8, 8)), g.integers(0, 5, 4))))
-    return out
+def elu(z):
+    """ELU (α = 1), the forward definition: z for z > 0, eᶻ − 1 otherwise."""
+    return np.where(z > 0, z, np.expm1(np.minimum(z, 0)))
 
 
-def _ref_bp_gradients(model, x, y):
-    from ..rules.bp import BP
-    return {k: np.array(v, copy=True) for k, v in BP().step(model, x, y).grads.items()}
-
-
-@register
-def bp_gradients(fn, reference=None, seed=0, **options) -> int:
-    """Backprop through a whole :class:`ccledu.models.Network` for the mean cross-entropy.
-
-    Contract: ``fn(model, x, y) -> {name: gradient}`` with the names of ``model.parameters()``
-    (``forward.<l>.weight``, ``forward.<l>.bias``); x a batch, y integer labels. ``fn`` may
-    call ``model.forward`` and the layers' ``backward`` methods.
-    """
-    cases = _small_models(seed)
-
-    def mine(model, x, y):
-        out = fn(model, x, y)
-        return {k: np.array(v, copy=True) for k, v in dict(out).items()}
-
-    return _run_cases("bp_gradients", mine, reference or _ref_bp_gradients, cases, **options)
-
-
-@register
-def gradient_check(f, x, grad, name: str = "gradient", h: float = 1e-6, rtol: float = 1e-5,
-                   verbose: bool = True) -> float:
-    """Compare an analytic gradient with central finite differences.
-
-    Contract: ``f()`` returns a scalar and reads the float64 array ``x`` (e.g. a weight, through
-    a closure); ``grad`` is your ∂f/∂x, shape of ``x``. ``x`` is perturbed in place and restored.
-    Raises AssertionError when the whole-tensor relative error ‖g − ĝ‖/max(‖g‖, ‖ĝ‖) exceeds
-    ``rtol``; returns that error.
-    """
-    num = numerical_gradient(f, x, h)
-    err = grad_rel_error(grad, num)
-    if not err <= rtol:
-        try:
-            compare(f"{name} (analytic vs finite differences)", grad, num, rtol=rtol, atol=1e-8)
-        except AssertionError as e:
-            raise AssertionError(f"{e}\n  (relative error {err:.2e} > {rtol:g})") from None
-        raise AssertionError(f"{name}: relative error {err:.2e} > {rtol:g} (analytic vs finite "
-                             f"differences)")
-    if verbose:
-        print(f"✓ {name}: matches finite differences (relative error {err:.1e})")
-    return err
+def mean_cross_entropy(logits, y):
+    """−(1/N) Σ_n log softmax(z_n)_{y_n}, with log-sum-exp (definition)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    lse = np.logaddexp.reduce(logits, axis=1)
+    return float(np.mean(lse - logits[np.arange(len(y)), y]))
 
 
 # --------------------------------------------------------------------------------------------
-# Chapter 2: convolutions
+# The chapters' checks live in one module each (ccledu/check/chNN.py) and register themselves
+# here, so ``ccledu.check.<name>`` reaches every check.
 # --------------------------------------------------------------------------------------------
-
-#: (x shape, kh, kw, stride, pad) of the convolution cases
-CONV_GEOMETRIES = [
-    ((1, 1, 4, 4), 3, 3, 1, 0),
-    ((2, 3, 5, 5), 3, 3, 1, 1),
-    ((2, 2, 7, 6), 3, 3, 2, 1),
-    ((1, 2, 8, 8), 2, 2, 2, 0),
-    ((2, 1, 6, 7), 3, 2, 1, 2),
-    ((1, 3, 9, 9), 5, 5, 2, 2),
-    ((3, 2, 4, 5), 1, 1, 1, 0),
-]
-
-
-def _geom_label(shape, kh, kw, s, p):
-    return f"x {shape}, kernel {kh}x{kw}, stride {s}, pad {p}"
-
-
-def _ref_im2col(x, kh, kw, stride, pad):
-    from ..im2col import im2col as ref
-    return ref(x, kh, kw, stride, pad)
-
-
-@register
-def im2col(fn, reference=None, seed=0, **options) -> int:
-    """Receptive fields as rows.
-
-    Contract: ``fn(x, kh, kw, stride, pad) -> cols`` with x (N, C, H, W) and cols
-    (N·OH·OW, C·kh·kw): row n·OH·OW + p·OW + q, column c·kh·kw + i·kw + j holds
-    xpad[n, c, p·stride + i, q·stride + j] (as :func:`ccledu.im2col.im2col`).
-    """
-    g = _rng(seed)
-    cases = [Case(_geom_label(*geo), (g.standard_normal(geo[0]),) + geo[1:]) for geo in CONV_GEOMETRIES]
-    return _run_cases("im2col", fn, reference or _ref_im2col, cases, **options)
-
-
-def _ref_col2im(cols, x_shape, kh, kw, stride, pad):
-    from ..im2col import col2im as ref
-    return ref(cols, x_shape, kh, kw, stride, pad)
-
-
-@register
-def col2im(fn, reference=None, seed=0, **options) -> int:
-    """The adjoint of im2col: add every row entry back onto the pixel it was copied from.
-
-    Contract: ``fn(cols, x_shape, kh, kw, stride, pad) -> x`` with cols (N·OH·OW, C·kh·kw) in
-    im2col's layout and x of shape ``x_shape`` = (N, C, H, W); padding positions are dropped.
-    """
-    from ..im2col import conv_output_size
-    g = _rng(seed)
-    cases = []
-    for shape, kh, kw, s, p in CONV_GEOMETRIES:
-        N, C, H, W = shape
-        rows = N * conv_output_size(H, kh, s, p) * conv_output_size(W, kw, s, p)
-        cases.append(Case(_geom_label(shape, kh, kw, s, p),
-                          (g.standard_normal((rows, C * kh * kw)), shape, kh, kw, s, p)))
-    return _run_cases("col2im", fn, reference or _ref_col2im, cases, **options)
-
-
-def _conv_layer(W, b, stride, pad):
-    from ..layers import Conv2d
-    F, C, k, _ = W.shape
-    layer = Conv2d(C, F, k, stride, pad, bias=b is not None, dtype=W.dtype)
-    layer.params["weight"] = W
-    if b is not None:
-        layer.params["bias"] = b
-    return layer
-
-
-def _conv_cases(g, with_bias):
-    cases = []
-    for (shape, kh, kw, s, p), F in zip([geo for geo in CONV_GEOMETRIES if geo[1] == geo[2]],
-                                        [2, 4, 3, 1, 2, 3]):
-        N, C = shape[:2]
-        x = g.standard_normal(shape)
-        W = g.standard_normal((F, C, kh, kw))
-        b = g.standard_normal(F) if with_bias and F % 2 else None
-        cases.append((f"{_geom_label(shape, kh, kw, s, p)}, F={F}{', bias' if b is not None else ''}",
-                      x, W, b, s, p))
-    return cases
-
-
-def _ref_conv_forward(x, W, b, stride, pad):
-    return _conv_layer(W, b, stride, pad).forward(x)
-
-
-@register
-def conv_forward(fn, reference=None, seed=0, **options) -> int:
-    """2-D cross-correlation (what deep learning calls a convolution).
-
-    Contract: ``fn(x, W, b, stride, pad) -> y`` with x (N, C, H, W), W (F, C, k, k), b (F,) or
-    None, y (N, F, OH, OW), OH = (H + 2·pad − k)//stride + 1.
-    """
-    g = _rng(seed)
-    cases = [Case(lab, (x, W, b, s, p)) for lab, x, W, b, s, p in _conv_cases(g, True)]
-    return _run_cases("conv_forward", fn, reference or _ref_conv_forward, cases, **options)
-
-
-def _ref_conv_backward(x, W, dy, stride, pad):
-    layer = _conv_layer(W, None, stride, pad)
-    layer.forward(x)
-    dx = layer.backward(dy)
-    return layer.grads["weight"], dx
-
-
-@register
-def conv_backward(fn, reference=None, seed=0, **options) -> int:
-    """Backward pass of a convolution without bias.
-
-    Contract: ``fn(x, W, dy, stride, pad) -> (dW, dx)`` with x (N, C, H, W), W (F, C, k, k),
-    dy = dL/dy (N, F, OH, OW); dW (F, C, k, k), dx (N, C, H, W).
-    """
-    from ..im2col import conv_output_size
-    g = _rng(seed)
-    cases = []
-    for lab, x, W, _, s, p in _conv_cases(g, False):
-        N, _, H, Wd = x.shape
-        k = W.shape[2]
-        dy = g.standard_normal((N, W.shape[0], conv_output_size(H, k, s, p), conv_output_size(Wd, k, s, p)))
-        cases.append(Case(lab, (x, W, dy, s, p)))
-    return _run_cases("conv_backward", fn, reference or _ref_conv_backward, cases,
-                      outputs=("dW", "dx"), **options)
-
-
-def _ref_maxpool_backward(x, dy, k):
-    from ..layers import MaxPool2d
-    pool = MaxPool2d(k)
-    pool.forward(x)
-    return pool.backward(dy)
-
-
-@register
-def maxpool_backward(fn, reference=None, seed=0, **options) -> int:
-    """Backward pass of k×k max pooling with stride k (floor mode: a remainder is dropped).
-
-    Contract: ``fn(x, dy, k) -> dx`` with x (N, C, H, W), dy (N, C, H//k, W//k), dx the shape of
-    x: each window's gradient goes to the position of its maximum, zeros elsewhere. Inputs have
-    distinct values, so ties never occur.
-    """
-    g = _rng(seed)
-    cases = []
-    for shape, k in [((1, 1, 4, 4), 2), ((2, 3, 6, 8), 2), ((2, 2, 5, 7), 2), ((1, 2, 9, 9), 3)]:
-        x = g.permutation(int(np.prod(shape))).reshape(shape).astype(np.float64) / 7.0
-        dy = g.standard_normal(shape[:2] + (shape[2] // k, shape[3] // k))
-        cases.append(Case(f"x {shape}, k={k}", (x, dy, k)))
-    return _run_cases("maxpool_backward", fn, reference or _ref_maxpool_backward, cases, **options)
-
-
-# --------------------------------------------------------------------------------------------
-# Checks of later chapters live in one module each (ccledu/check/chNN.py) and register
-# themselves here, so ``ccledu.check.<name>`` reaches every check.
-# --------------------------------------------------------------------------------------------
-import importlib as _importlib
-import pkgutil as _pkgutil
+import importlib as _importlib  # noqa: E402
+import pkgutil as _pkgutil  # noqa: E402
 
 for _m in sorted(m.name for m in _pkgutil.iter_modules(__path__) if m.name.startswith("ch")):
     _mod = _importlib.import_module(f"{__name__}.{_m}")

@@ -1,34 +1,38 @@
 """Checks for chapter 3, feedback alignment: the FA error of one hidden layer (Task 3.1) and
 the FA gradients of a whole MLP (Task 3.2).
 
-Both compare the student's function with ccledu's own code on float64 inputs: the layers'
-backward passes (with the feedback matrix B in place of W) and :class:`ccledu.rules.fa.FA`.
+Oracle: FA is backprop in which the linear map above layer l is differentiated with B_{l+1} in
+place of W_{l+1}. The check computes exactly that by finite differences of the forward
+definitions — δ_l = ∂⟨σ(z_l) B_{l+1}ᵀ, δ_{l+1}⟩/∂z_l, ∇W_l = ∂⟨a_{l-1} W_lᵀ, δ_l⟩/∂W_l, and
+δ_L = ∂(mean cross-entropy)/∂z_L — so it never spells out the recursion and never calls
+ccledu's FA rule.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import Case, _rng, _run_cases, register
+from . import Case, _rng, _run_cases, elu, fd_grad, fd_vjp, mean_cross_entropy, register
 
-__all__ = ["fa_delta", "fa_gradients", "_ref_fa_delta", "_ref_fa_gradients"]
+__all__ = ["fa_delta", "fa_gradients", "fa_cases"]
+
+FD_TOL = dict(rtol=1e-6, atol=1e-7)
+_FORBID = ("ccledu.rules.fa", "ccledu.rules.bp", "ccledu.layers:Linear.backward",
+           "ccledu.layers:Activation.backward", "ccledu.models:Block.backward",
+           "ccledu.models:Network.backward")
 
 
-def _ref_fa_delta(delta_next, B, z):
-    from ..layers import Activation, Linear
-    act = Activation("elu")
-    a = act.forward(z)                                   # a_l = σ(z_l), caches z_l
-    upper = Linear(B.shape[1], B.shape[0], dtype=B.dtype)
-    upper.forward(a)
-    return act.backward(upper.backward(delta_next, weight=B))   # (δ_{l+1} B) ⊙ σ'(z_l)
+def _fd_fa_delta(delta_next, B, z):
+    return fd_vjp(lambda v: elu(v) @ B.T, z, delta_next)
 
 
 @register
-def fa_delta(fn, reference=None, seed=0, **options) -> int:
-    """The feedback-alignment error of a hidden ELU layer.
+def fa_delta(fn, reference=None, seed=0, **options) -> None:
+    """The feedback-alignment error of a hidden ELU layer (Task 3.1).
 
     Contract: ``fn(delta_next, B, z) -> delta`` with delta_next = δ_{l+1} (N, d_{l+1}), B = the
     fixed feedback matrix B_{l+1} (d_{l+1}, d_l) (W_{l+1}'s shape), z = z_l (N, d_l); returns
-    δ_l = (δ_{l+1} B_{l+1}) ⊙ σ'(z_l) (N, d_l) for the ELU σ (α = 1).
+    δ_l (N, d_l) for the ELU σ (α = 1). Catches: Bᵀ used instead of B (the square case),
+    σ'(z) forgotten or taken from a ReLU, σ(z) used in place of σ'(z).
     """
     g = _rng(seed)
     cases = []
@@ -36,14 +40,30 @@ def fa_delta(fn, reference=None, seed=0, **options) -> int:
         cases.append(Case(f"N={n}, d_(l+1)={d_next}, d_l={d}",
                           (g.standard_normal((n, d_next)), g.standard_normal((d_next, d)),
                            3 * g.standard_normal((n, d)))))
-    return _run_cases("fa_delta", fn, reference or _ref_fa_delta, cases, **options)
+    _run_cases("fa_delta", fn, reference or _fd_fa_delta, cases, task="3.1", forbid=_FORBID,
+               **dict(FD_TOL, **options))
 
 
-def _ref_fa_gradients(model, B, x, y):
-    from ..rules.fa import FA
-    rule = FA().setup(model, seed=0)
-    rule.set_feedback({f"fixed.{l}.weight": B[l] for l in range(1, len(model.blocks))})
-    return {k: np.array(v, copy=True) for k, v in rule.step(model, x, y).grads.items()}
+def _weights(model):
+    return [blk.main.params["weight"] for blk in model.blocks]
+
+
+def _fd_fa_gradients(model, B, x, y):
+    """FA by finite differences of the definitions, for an ELU MLP without bias."""
+    Ws = _weights(model)
+    a, zs, inputs = np.asarray(x, dtype=np.float64), [], []
+    for l, W in enumerate(Ws):
+        inputs.append(a)
+        z = a @ W.T
+        zs.append(z)
+        a = elu(z) if l < len(Ws) - 1 else z
+    delta = fd_grad(lambda v: mean_cross_entropy(v, y), zs[-1])
+    grads = {}
+    for l in range(len(Ws) - 1, -1, -1):
+        grads[f"forward.{l}.weight"] = fd_vjp(lambda w, l=l: inputs[l] @ w.T, Ws[l], delta)
+        if l > 0:
+            delta = fd_vjp(lambda v, l=l: elu(v) @ B[l].T, zs[l - 1], delta)
+    return grads
 
 
 def fa_cases(seed=0):
@@ -63,19 +83,22 @@ def fa_cases(seed=0):
 
 
 @register
-def fa_gradients(fn, reference=None, seed=0, **options) -> int:
-    """Feedback alignment through a whole MLP for the mean cross-entropy.
+def fa_gradients(fn, reference=None, seed=0, **options) -> None:
+    """Feedback alignment through a whole MLP for the mean cross-entropy (Task 3.2).
 
     Contract: ``fn(model, B, x, y) -> {name: gradient}``, one entry ``forward.<l>.weight`` per
     block of ``model`` (a :class:`ccledu.models.Network` MLP, ELU, no bias), with
     ``B = [None, B_1, ..., B_{L-1}]``: ``B[l]`` has the shape of block l's weight and replaces it
     when the error crosses block l on its way down (block 0 sends nothing down). x (N, d_0),
     y (N,) integer labels. ``fn`` may call ``model.forward`` and read ``model.x``,
-    ``model.blocks[l].out`` and ``model.blocks[l].main.params["weight"]``.
+    ``model.blocks[l].out`` and ``model.blocks[l].main.params["weight"]``; not ccledu's FA/BP
+    rules or the layers' backward methods. Catches: the error sent down through W (the random-B
+    cases differ from backprop), B indexed one layer off, a missing 1/N.
     """
     cases = fa_cases(seed)
 
     def mine(model, B, x, y):
         return {k: np.array(v, copy=True) for k, v in dict(fn(model, B, x, y)).items()}
 
-    return _run_cases("fa_gradients", mine, reference or _ref_fa_gradients, cases, **options)
+    _run_cases("fa_gradients", mine, reference or _fd_fa_gradients, cases, task="3.2",
+               forbid=_FORBID, **dict(FD_TOL, **options))

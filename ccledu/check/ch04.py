@@ -1,51 +1,64 @@
 """Checks for chapter 4, direct feedback alignment: one hidden layer's DFA update (Task 4.1)
 and the DFA gradients of a whole MLP.
 
-References are ccledu's own code: a block's backward pass fed the broadcast error e Dᵀ, and
-:class:`ccledu.rules.dfa.DFA`.
+Oracle: DFA differentiates each hidden layer as if its output fed the logits through D_l, by
+finite differences of the definitions — δ_l = ∂⟨σ(z_l) D_l, e⟩/∂z_l and
+∇W_l = ∂⟨a_{l-1} W_lᵀ, δ_l⟩/∂W_l, with e = ∂(mean cross-entropy)/∂z_L — never ccledu's DFA rule.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import Case, _rng, _run_cases, register
+from . import Case, _rng, _run_cases, elu, fd_grad, fd_vjp, mean_cross_entropy, register
 
-__all__ = ["dfa_update", "dfa_gradients", "_ref_dfa_update", "_ref_dfa_gradients"]
+__all__ = ["dfa_update", "dfa_gradients", "dfa_cases"]
+
+FD_TOL = dict(rtol=1e-6, atol=1e-7)
+_FORBID = ("ccledu.rules.dfa", "ccledu.rules.bp", "ccledu.layers:Linear.backward",
+           "ccledu.layers:Activation.backward", "ccledu.models:Block.backward",
+           "ccledu.models:Network.backward")
 
 
-def _ref_dfa_update(e, D, a_prev, W):
-    from ..layers import Activation, Linear
-    from ..models import Block
-    block = Block([Linear(W.shape[1], W.shape[0], dtype=W.dtype), Activation("elu")], "linear", "elu")
-    block.main.params["weight"] = W
-    block.forward(a_prev)
-    block.backward(e @ D.T, need_dx=False)          # δ_l = (e D_lᵀ) ⊙ σ'(z_l);  ∇W_l = δ_lᵀ a_{l-1}
-    return block.main.grads["weight"]
+def _fd_dfa_update(e, D, a_prev, W):
+    z = a_prev @ W.T
+    delta = fd_vjp(lambda v: elu(v) @ D, z, e)
+    return fd_vjp(lambda w: a_prev @ w.T, W, delta)
 
 
 @register
-def dfa_update(fn, reference=None, seed=0, **options) -> int:
-    """The direct-feedback-alignment gradient of one hidden ELU layer.
+def dfa_update(fn, reference=None, seed=0, **options) -> None:
+    """The direct-feedback-alignment gradient of one hidden ELU layer (Task 4.1).
 
     Contract: ``fn(e, D, a_prev, W) -> dW`` with e = δ_L the output error (N, C), D = D_l the
     fixed feedback matrix (d_l, C), a_prev = a_{l-1} the layer's input (N, d_{l-1}), W = W_l
-    (d_l, d_{l-1}); returns ∇W_l = δ_lᵀ a_{l-1} (d_l, d_{l-1}) with
-    δ_l = (e D_lᵀ) ⊙ σ'(z_l), z_l = a_{l-1} W_lᵀ, σ = ELU (α = 1), no bias.
+    (d_l, d_{l-1}), z_l = a_{l-1} W_lᵀ, σ = ELU (α = 1), no bias; returns ∇W_l (d_l, d_{l-1}).
+    Catches: D used untransposed (the case d_l = C), σ' evaluated at a_{l-1} instead of z_l,
+    the transposed result a_{l-1}ᵀ δ_l.
     """
     g = _rng(seed)
     cases = []
-    for n, c, d, d_prev in [(1, 3, 2, 4), (4, 10, 7, 5), (16, 10, 6, 12), (3, 2, 1, 3), (8, 5, 9, 9)]:
+    for n, c, d, d_prev in [(1, 3, 2, 4), (4, 10, 7, 5), (16, 10, 6, 12), (3, 2, 1, 3), (8, 5, 5, 5)]:
         cases.append(Case(f"N={n}, C={c}, d_l={d}, d_(l-1)={d_prev}",
                           (g.standard_normal((n, c)), g.standard_normal((d, c)),
                            g.standard_normal((n, d_prev)), g.standard_normal((d, d_prev)))))
-    return _run_cases("dfa_update", fn, reference or _ref_dfa_update, cases, **options)
+    _run_cases("dfa_update", fn, reference or _fd_dfa_update, cases, task="4.1", forbid=_FORBID,
+               **dict(FD_TOL, **options))
 
 
-def _ref_dfa_gradients(model, D, x, y):
-    from ..rules.dfa import DFA
-    rule = DFA().setup(model, seed=0)
-    rule.set_feedback({f"fixed.{l}.weight": D[l] for l in range(len(model.blocks) - 1)})
-    return {k: np.array(v, copy=True) for k, v in rule.step(model, x, y).grads.items()}
+def _fd_dfa_gradients(model, D, x, y):
+    Ws = [blk.main.params["weight"] for blk in model.blocks]
+    a, zs, inputs = np.asarray(x, dtype=np.float64), [], []
+    for l, W in enumerate(Ws):
+        inputs.append(a)
+        z = a @ W.T
+        zs.append(z)
+        a = elu(z) if l < len(Ws) - 1 else z
+    e = fd_grad(lambda v: mean_cross_entropy(v, y), zs[-1])
+    L = len(Ws)
+    grads = {f"forward.{L - 1}.weight": fd_vjp(lambda w: inputs[L - 1] @ w.T, Ws[L - 1], e)}
+    for l in range(L - 1):
+        grads[f"forward.{l}.weight"] = _fd_dfa_update(e, D[l], inputs[l], Ws[l])
+    return grads
 
 
 def dfa_cases(seed=0):
@@ -68,17 +81,18 @@ def dfa_cases(seed=0):
 
 
 @register
-def dfa_gradients(fn, reference=None, seed=0, **options) -> int:
+def dfa_gradients(fn, reference=None, seed=0, **options) -> None:
     """Direct feedback alignment through a whole MLP for the mean cross-entropy.
 
     Contract: ``fn(model, D, x, y) -> {name: gradient}``, one entry ``forward.<l>.weight`` per
     block of ``model`` (a :class:`ccledu.models.Network` MLP, ELU, no bias), with
     ``D = [D_0, ..., D_{L-2}]``: ``D[l]`` (d_l, C) carries the output error e to hidden block l
-    (0-based, like the parameter names); the classifier's gradient is backprop's eᵀ a_{L-1}.
+    (0-based, like the parameter names); the classifier's gradient is backprop's.
     """
     cases = dfa_cases(seed)
 
     def mine(model, D, x, y):
         return {k: np.array(v, copy=True) for k, v in dict(fn(model, D, x, y)).items()}
 
-    return _run_cases("dfa_gradients", mine, reference or _ref_dfa_gradients, cases, **options)
+    _run_cases("dfa_gradients", mine, reference or _fd_dfa_gradients, cases, task="4.1",
+               forbid=_FORBID, **dict(FD_TOL, **options))

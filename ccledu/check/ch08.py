@@ -1,35 +1,40 @@
-"""Checks for chapter 8 (the forward-forward algorithm)."""
+"""Checks for chapter 8 (the forward-forward algorithm, Task 8.1).
+
+Oracle: the loss definition (softplus written as log-add-exp) and finite differences of it for
+∂L/∂h; ccledu.rules.ff is never called.
+"""
 from __future__ import annotations
 
 import numpy as np
 
-from . import Case, _rng, _run_cases, register
+from . import Case, _rng, _run_cases, fd_grad, register
 
-__all__ = ["ff_layer_grad", "_ref_ff_layer_grad"]
+__all__ = ["ff_layer_grad"]
 
 
-def _ref_ff_layer_grad(h, sign, theta):
-    """The FF layer loss and ∂L/∂h, as :meth:`ccledu.rules.ff.FF.local_step` computes them
-    (sum goodness): g_n = Σ h_n², L = (1/N) Σ_n softplus(s_n (θ − g_n)), N = len(h) // 2,
-    ∂L/∂h_n = 2 h_n · (−s_n σ(s_n (θ − g_n)) / N)."""
-    from ..rules.ff import sigmoid, softplus
+def _ff_loss(h, sign, theta):
     N = h.shape[0] // 2
     g = (h.reshape(h.shape[0], -1) ** 2).sum(axis=1)
-    t = sign * (theta - g)
-    dg = -sign * sigmoid(t) / N
-    return softplus(t).sum() / N, (2.0 * dg).reshape((-1,) + (1,) * (h.ndim - 1)) * h
+    return float(np.logaddexp(0.0, sign * (theta - g)).sum() / N)
+
+
+def _fd_ff_layer_grad(h, sign, theta):
+    return _ff_loss(h, sign, theta), fd_grad(lambda v: _ff_loss(v, sign, theta), h)
 
 
 @register
-def ff_layer_grad(fn, reference=None, seed=0, **options) -> int:
-    """The forward-forward loss of one block and its gradient with respect to the block output.
+def ff_layer_grad(fn, reference=None, seed=0, **options) -> None:
+    """The forward-forward loss of one block and its gradient with respect to the block output
+    (Task 8.1).
 
     Contract: ``fn(h, sign, theta) -> (loss, dh)``. ``h`` (2N, ...) holds the block outputs of
     N positive and N negative rows (any trailing shape: (2N, d) for an MLP block, (2N, K, H, W)
     for a conv block); ``sign`` (2N,) is +1 for a positive row and −1 for a negative one;
     ``theta`` a float. Goodness g_n = Σ h_n² over all trailing axes;
     loss = (1/N) Σ_n softplus(sign_n (θ − g_n)) with N = len(h) // 2 (a scalar);
-    dh = ∂loss/∂h, the shape of h.
+    dh = ∂loss/∂h, the shape of h. Compared with finite differences of the loss. Catches: the
+    factor 2 of ∂g/∂h, the mean over all 2N rows, the sign of the negative rows, a softplus
+    that overflows (large goodness), goodness summed over the last axis only (conv blocks).
     """
     g = _rng(seed)
     cases = []
@@ -48,13 +53,19 @@ def ff_layer_grad(fn, reference=None, seed=0, **options) -> int:
     cases.append(Case("tiny goodness, theta 10 (sigmoid saturates)", (h, signs(3), 10.0)))
     h = np.maximum(g.standard_normal((4, 3, 2, 2)), 0)
     cases.append(Case("conv block (4, 3, 2, 2)", (h, signs(2), 1.5)))
+    h = 30 * g.standard_normal((4, 5))
+    cases.append(Case("goodness in the thousands (softplus must not overflow)", (h, signs(2), 1.0)))
 
     def mine(h, sign, theta):
-        out = fn(h, sign, theta)
+        with np.errstate(over="ignore"):
+            return fn(h, sign, theta)
+
+    def post(out, h, sign, theta):
         if not isinstance(out, (tuple, list)) or len(out) != 2:
             raise AssertionError("ff_layer_grad: your function must return (loss, dh)")
         loss, dh = out
         return np.asarray(loss, dtype=np.float64).reshape(()), dh
 
-    return _run_cases("ff_layer_grad", mine, reference or _ref_ff_layer_grad, cases,
-                      outputs=("loss", "dh"), **options)
+    _run_cases("ff_layer_grad", mine, reference or _fd_ff_layer_grad, cases, outputs=("loss", "dh"),
+               task="8.1", forbid=("ccledu.rules.ff:FF",), post=post,
+               **dict(dict(rtol=1e-6, atol=1e-7), **options))

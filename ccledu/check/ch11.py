@@ -1,4 +1,8 @@
-"""Checks for chapter 11 (validating an implementation with traces)."""
+"""Checks for chapter 11 (validating an implementation with traces, Task 11.1).
+
+Oracle: :func:`ccledu.trace.compare`, the comparison ``ccledu verify`` uses (no task asks for
+it as package code); it is poisoned while the student's function runs.
+"""
 from __future__ import annotations
 
 import math
@@ -7,7 +11,7 @@ import numpy as np
 
 from . import Case, _rng, _run_cases, register
 
-__all__ = ["trace_compare", "_ref_trace_compare"]
+__all__ = ["trace_compare"]
 
 
 def _ref_trace_compare(theirs, ours, rtol, atol):
@@ -44,8 +48,8 @@ def _encode(out, expected_names, who):
 
 
 @register
-def trace_compare(fn, reference=None, seed=0, **options) -> int:
-    """The comparison at the heart of ``ccledu verify``.
+def trace_compare(fn, reference=None, seed=0, **options) -> None:
+    """The comparison at the heart of ``ccledu verify`` (Task 11.1).
 
     Contract: ``fn(theirs, ours, rtol, atol) -> (rows, first)``; ``theirs`` and ``ours`` map
     names to arrays. ``rows``: one ``(name, max_abs, max_rel, ok)`` per name of ``ours``, in the
@@ -89,8 +93,8 @@ def trace_compare(fn, reference=None, seed=0, **options) -> int:
     def expected(theirs, ours):
         return [k for k in ours if k in theirs]
 
-    def mine(theirs, ours, rtol, atol):
-        return _encode(fn(theirs, ours, rtol, atol), expected(theirs, ours), "your")
+    def post(out, theirs, ours, rtol, atol):
+        return _encode(out, expected(theirs, ours), "your")
 
     ref_fn = reference or _ref_trace_compare
 
@@ -99,4 +103,5 @@ def trace_compare(fn, reference=None, seed=0, **options) -> int:
 
     options.setdefault("rtol", 1e-9)
     options.setdefault("atol", 1e-12)
-    return _run_cases("trace_compare", mine, ref, cases, **options)
+    _run_cases("trace_compare", fn, ref, cases, task="11.1", forbid=("ccledu.trace",), post=post,
+               **options)

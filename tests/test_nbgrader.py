@@ -1,0 +1,299 @@
+"""The coursework through a real nbgrader course, end to end.
+
+For every chapter: ``ccledu course nbgrader`` writes it into ``source/chNN/`` of a course in a
+temporary folder, ``nbgrader generate_assignment`` makes the release version, and
+``nbgrader autograde`` grades these submissions (scores read back from nbgrader's gradebook):
+
+* ``reference`` — the instructor's notebook with every solution: full marks on every autograded
+  cell, no autograde error, no error output in any cell (the whole chapter runs in quick mode),
+  and the model answers waiting for manual grading;
+* ``unchanged`` — the release version as a student receives it: 0 on every cell;
+* ``replace`` — the release version plus a cell that replaces every ``ccledu.check`` function by
+  one that prints "✓" (and the ``ccledu.check`` module in ``sys.modules``): still 0;
+* ``cheat-<task>-package`` / ``cheat-<task>-oracle`` — the reference, except that one task's
+  solution calls ccledu's own implementation (the package function) or the check's oracle
+  (``ccledu.check.chNN._...``): 0 on that task's graded cells, full marks on the others;
+* ``lite`` — the reference with the chapter's body cells cut down to their imports (what the
+  cheap submissions above use): full marks, so the zeros of the cheat submissions are not an
+  artefact of the cut.
+
+Quick mode (``CCLEDU_QUICK=1``) and one BLAS thread keep it affordable: about 5 minutes on an
+idle 2-core machine, most of it the two full runs of every chapter.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+nbgrader = pytest.importorskip("nbgrader")
+
+from ccledu.course import export_nbgrader, find_tasks, grade_cell_tasks  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAPTERS = sorted(p.stem for p in (ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
+
+#: per notebook task: the body of a solution that calls ccledu's own implementation, and one
+#: that calls the check's oracle
+CHEATS = {
+    "1.1": ("from ccledu.layers import Linear\n"
+            "layer = Linear(W.shape[1], W.shape[0], bias=False, dtype=W.dtype)\n"
+            "layer.params['weight'] = W\nlayer.forward(x)\ndx = layer.backward(dy)\n"
+            "return layer.grads['weight'], dx",
+            "from ccledu.check.ch01 import _fd_linear_backward\nreturn _fd_linear_backward(x, W, dy)"),
+    "1.2": ("from ccledu.layers import activate, activation_grad\n"
+            "return activation_grad('elu', z, activate('elu', z))",
+            "from ccledu.check.ch01 import _fd_elu_grad\nreturn _fd_elu_grad(z)"),
+    "2.1": ("from ccledu.im2col import im2col\nreturn im2col(x, kh, kw, stride, pad)",
+            "from ccledu.check.ch02 import _loop_im2col\nreturn _loop_im2col(x, kh, kw, stride, pad)"),
+    "2.2": ("from ccledu.im2col import col2im\nreturn col2im(cols, x_shape, kh, kw, stride, pad)",
+            "from ccledu.check.ch02 import _loop_col2im\n"
+            "return _loop_col2im(cols, x_shape, kh, kw, stride, pad)"),
+    "2.6": ("from ccledu.layers import Conv2d\n"
+            "layer = Conv2d(W.shape[1], W.shape[0], W.shape[2], stride, pad, bias=False, dtype=W.dtype)\n"
+            "layer.params['weight'] = W\nlayer.forward(x)\ndx = layer.backward(dy)\n"
+            "return layer.grads['weight'], dx",
+            "from ccledu.check.ch02 import _fd_conv_backward\nreturn _fd_conv_backward(x, W, dy, stride, pad)"),
+    "3.1": ("from ccledu.layers import Activation, Linear\nact = Activation('elu')\na = act.forward(z)\n"
+            "upper = Linear(B.shape[1], B.shape[0], dtype=B.dtype)\nupper.forward(a)\n"
+            "return act.backward(upper.backward(delta_next, weight=B))",
+            "from ccledu.check.ch03 import _fd_fa_delta\nreturn _fd_fa_delta(delta_next, B, z)"),
+    "3.2": ("from ccledu.rules.fa import FA\nrule = FA().setup(model, seed=0)\n"
+            "rule.set_feedback({f'fixed.{l}.weight': B[l] for l in range(1, len(model.blocks))})\n"
+            "return dict(rule.step(model, x, y).grads)",
+            "from ccledu.check.ch03 import _fd_fa_gradients\nreturn _fd_fa_gradients(model, B, x, y)"),
+    "4.1": ("from ccledu.layers import Activation\nact = Activation('elu')\nact.forward(a_prev @ W.T)\n"
+            "return act.backward(e @ D.T).T @ a_prev",
+            "from ccledu.check.ch04 import _fd_dfa_update\nreturn _fd_dfa_update(e, D, a_prev, W)"),
+    "5.1": ("from ccledu.rules.ccl import MLP_WIDTH_REF, match_loss\n"
+            "return match_loss(A, S, Y, lam * MLP_WIDTH_REF / A.shape[1])",
+            "from ccledu.check.ch05 import _fd_ccl_mlp_pair\nreturn _fd_ccl_mlp_pair(A, S, Y, lam)"),
+    "6.1": ("from ccledu.rules.ccl import normalize_rows, normalize_rows_backward\n"
+            "U, r = normalize_rows(X, eps)\nreturn normalize_rows_backward(dU, U, r, eps)",
+            "from ccledu.check.ch06 import _fd_row_normalize_backward\n"
+            "return _fd_row_normalize_backward(X, dU, eps)"),
+    "6.2": ("from ccledu.rules.ccl import CCL\n"
+            "terms, dA, dS = CCL(form='cnn', scale=s_c, ssl_scale=s_ssl)._pair_cnn(0, A, S, Y, None)\n"
+            "return terms['pair/0'], dA, dS",
+            "from ccledu.check.ch06 import _fd_ccl_cnn_pair\nreturn _fd_ccl_cnn_pair(A, S, Y, s_c, s_ssl)"),
+    "7.1": ("from ccledu.autoencoder import pair_loss\n"
+            "total, _, dA, dB = pair_loss(A, B, scale_c, scale_d)\nreturn total, dA, dB",
+            "from ccledu.check.ch07 import _fd_ae_pair\nreturn _fd_ae_pair(A, B, scale_c, scale_d)"),
+    "8.1": ("from ccledu.rules.ff import FF\nN = len(h) // 2\n"
+            "g = (h.reshape(len(h), -1) ** 2).sum(axis=1)\n"
+            "loss, dg = FF(theta=theta).pair_loss(g, sign, N)\n"
+            "return loss, 2 * dg.reshape((-1,) + (1,) * (h.ndim - 1)) * h",
+            "from ccledu.check.ch08 import _fd_ff_layer_grad\nreturn _fd_ff_layer_grad(h, sign, theta)"),
+    "9.1": ("from ccledu.metrics import linear_cka\nreturn linear_cka(X, Y)",
+            "from ccledu.check.ch09 import _gram_cka\nreturn _gram_cka(X, Y)"),
+    "9.2": ("from ccledu.metrics import angle\nreturn angle(a, b)",
+            "from ccledu.check.ch09 import _atan2_angle\nreturn _atan2_angle(a, b)"),
+    "10.1": ("from ccledu.losses import softmax\nreturn softmax(z)",
+             "from ccledu.check.ch10 import _lse_softmax\nreturn _lse_softmax(z)"),
+    "11.1": ("from ccledu.trace import compare\n"
+             "rows = [tuple(compare(k, theirs[k], v, rtol, atol)) for k, v in ours.items() if k in theirs]\n"
+             "return rows, next((r[0] for r in rows if not r[3]), None)",
+             "from ccledu.check.ch11 import _ref_trace_compare\n"
+             "return _ref_trace_compare(theirs, ours, rtol, atol)"),
+}
+
+REPLACE_CHECKS = '''import sys, types
+import ccledu.check as _c
+_fake = lambda *a, **k: print("✓ all cases match")
+for _name in list(_c.CHECKS):
+    setattr(_c, _name, _fake)
+    for _mod in [m for n, m in sys.modules.items() if n.startswith("ccledu.check.")]:
+        if hasattr(_mod, _name):
+            setattr(_mod, _name, _fake)
+_fm = types.ModuleType("ccledu.check")
+_fm.__dict__.update({n: _fake for n in _c.CHECKS}, CHECKS=_c.CHECKS)
+sys.modules["ccledu.check"] = _fm'''
+
+
+def _src(cell):
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+def _meta(cell):
+    return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def _imports_only(src: str) -> str:
+    try:
+        tree = ast.parse(src)
+    except SyntaxError:
+        return ""
+    return "\n".join(ast.get_source_segment(src, n) for n in tree.body
+                     if isinstance(n, (ast.Import, ast.ImportFrom)))
+
+
+#: body cells a graded cell needs beyond imports (defining a value), kept by ``_lite``
+KEEP = {"11_validating": ["WORK ="]}
+
+
+def _lite(nb: dict, chapter: str) -> dict:
+    """The notebook with its ungraded code cells (after the setup cell) cut to their imports."""
+    nb = json.loads(json.dumps(nb))
+    first = True
+    for cell in nb["cells"]:
+        if cell["cell_type"] != "code" or _meta(cell):
+            continue
+        if first:
+            first = False
+            continue
+        src = _src(cell)
+        if not any(k in src for k in KEEP.get(chapter, [])):
+            cell["source"] = _imports_only(src)
+    return nb
+
+
+def _with_cheat(nb: dict, task_id: str, body: str) -> dict:
+    """``nb`` with the solution region of ``task_id`` replaced by ``body``."""
+    nb = json.loads(json.dumps(nb))
+    for cell in nb["cells"]:
+        src = _src(cell)
+        if f"# Task {task_id}:" not in src or "BEGIN SOLUTION" not in src:
+            continue
+        lines = src.split("\n")
+        b = next(i for i, l in enumerate(lines) if "BEGIN SOLUTION" in l)
+        e = next(i for i, l in enumerate(lines) if "END SOLUTION" in l)
+        indent = re.match(r"\s*", lines[b]).group(0)
+        cell["source"] = "\n".join(lines[:b] + [indent + l for l in body.split("\n")] + lines[e + 1:])
+        return nb
+    raise AssertionError(f"no solution cell for task {task_id}")
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    """Build the course, submit, autograde; returns (course dir, {(chapter, student): grades},
+    {(chapter, student): autograde result}, tasks per chapter)."""
+    from nbgrader.api import Gradebook
+    from nbgrader.apps import NbGraderAPI
+    from traitlets.config import Config
+
+    root = tmp_path_factory.mktemp("nbgrader") / "course"
+    env = {"CCLEDU_QUICK": "1", "MPLBACKEND": "Agg", "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "1"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    old_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    old_cwd = os.getcwd()
+    tasks = find_tasks(ROOT)
+    nb_tasks = {ch: [t for t in tasks if t.path == f"chapters/{ch}.ipynb"] for ch in CHAPTERS}
+    try:
+        for ch in CHAPTERS:
+            export_nbgrader(ROOT, root, f"ch{ch[:2]}", tasks=ch[:2].lstrip("0"))
+        os.chdir(root)
+        cfg = Config()
+        cfg.CourseDirectory.root = str(root)
+        cfg.Execute.timeout = 600
+        api = NbGraderAPI(config=cfg)
+        submitted = {}
+        for ch in CHAPTERS:
+            a = f"ch{ch[:2]}"
+            res = api.generate_assignment(a, force=True)
+            assert res["success"], res.get("error")
+            source = json.loads((root / "source" / a / f"{ch}.ipynb").read_text())
+            release = json.loads((root / "release" / a / f"{ch}.ipynb").read_text())
+            subs = {"reference": source, "unchanged": release, "lite": _lite(source, ch)}
+            rep = _lite(release, ch)
+            rep["cells"].insert(2, {"cell_type": "code", "execution_count": None, "id": "cheatrep",
+                                    "metadata": {}, "outputs": [], "source": REPLACE_CHECKS})
+            subs["replace"] = rep
+            for t in nb_tasks[ch]:
+                for kind, body in zip(("package", "oracle"), CHEATS[t.id]):
+                    subs[f"cheat-{t.id.replace('.', '_')}-{kind}"] = _with_cheat(_lite(source, ch), t.id, body)
+            for student, nb in subs.items():
+                d = root / "submitted" / student / a
+                d.mkdir(parents=True, exist_ok=True)
+                (d / f"{ch}.ipynb").write_text(json.dumps(nb))
+            submitted[ch] = list(subs)
+        results, grades = {}, {}
+        for ch in CHAPTERS:
+            a = f"ch{ch[:2]}"
+            for student in submitted[ch]:
+                results[ch, student] = api.autograde(a, student, force=True, create=True)
+        with Gradebook(f"sqlite:///{root / 'gradebook.db'}") as gb:
+            for ch in CHAPTERS:
+                for student in submitted[ch]:
+                    sub = gb.find_submission_notebook(ch, f"ch{ch[:2]}", student)
+                    grades[ch, student] = {g.name: (g.score, g.max_score, g.needs_manual_grade,
+                                                    g.cell.cell_type) for g in sub.grades}
+        yield root, grades, results, nb_tasks
+    finally:
+        os.chdir(old_cwd)
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _auto(grades):
+    return {k: v for k, v in grades.items() if v[3] == "code"}
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_reference_gets_full_marks_and_runs_cleanly(course, chapter):
+    root, grades, results, _ = course
+    res = results[chapter, "reference"]
+    assert res["success"], res.get("error")
+    g = grades[chapter, "reference"]
+    auto = _auto(g)
+    assert auto, f"{chapter}: no autograded cell"
+    for name, (score, mx, _, _) in auto.items():
+        assert score == mx > 0, f"{chapter} {name}: {score} of {mx}"
+    manual = {k: v for k, v in g.items() if v[3] == "markdown"}
+    assert manual and all(v[2] for v in manual.values()), f"{chapter}: model-answer cell not waiting for a grader"
+    nb = json.loads((root / "autograded" / "reference" / f"ch{chapter[:2]}" / f"{chapter}.ipynb").read_text())
+    errors = [(i, o.get("ename"), o.get("evalue")) for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+              for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors, f"{chapter}: cells raised {errors}"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_lite_reference_gets_full_marks(course, chapter):
+    _, grades, _, _ = course
+    for name, (score, mx, _, _) in _auto(grades[chapter, "lite"]).items():
+        assert score == mx, f"{chapter} {name}: {score} of {mx} (a cut body cell is needed)"
+
+
+@pytest.mark.parametrize("student", ["unchanged", "replace"])
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_release_and_replaced_checks_get_zero(course, chapter, student):
+    _, grades, results, _ = course
+    assert results[chapter, student]["success"], results[chapter, student].get("error")
+    for name, (score, mx, _, _) in grades[chapter, student].items():
+        assert score == 0, f"{chapter} {student}: {name} scored {score} of {mx}"
+
+
+@pytest.mark.parametrize("kind", ["package", "oracle"])
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_a_solution_that_calls_the_reference_gets_zero_for_its_task(course, chapter, kind):
+    root, grades, results, nb_tasks = course
+    source = json.loads((root / "source" / f"ch{chapter[:2]}" / f"{chapter}.ipynb").read_text())
+    functions = {}
+    for cell in source["cells"]:
+        if _meta(cell).get("solution") and cell["cell_type"] == "code":
+            tid = re.search(r"# Task (\S+):", _src(cell)).group(1)
+            functions[tid] = set(re.findall(r"^def\s+(\w+)", _src(cell), re.M))
+    graded_by = {_meta(c)["grade_id"]: grade_cell_tasks(_src(c), functions)
+                 for c in source["cells"] if _meta(c).get("grade") and c["cell_type"] == "code"}
+    for t in nb_tasks[chapter]:
+        student = f"cheat-{t.id.replace('.', '_')}-{kind}"
+        g = _auto(grades[chapter, student])
+        mine = [n for n, ts in graded_by.items() if t.id in ts]
+        assert mine, f"task {t.id} has no graded cell"
+        for name, (score, mx, _, _) in g.items():
+            if name in mine:
+                assert score == 0, f"{student}: {name} scored {score} of {mx}"
+            elif not (graded_by[name] & {t.id}):
+                assert score == mx, f"{student}: {name} (another task) scored {score} of {mx}"
+        out = json.loads((root / "autograded" / student / f"ch{chapter[:2]}" / f"{chapter}.ipynb").read_text())
+        text = json.dumps(out)
+        assert "calls ccledu" in text or "ReferenceCalled" in text, f"{student}: no message naming the call"
