@@ -89,7 +89,8 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):
     Returns
     -------
     x : array (N, C, H, W) with x[n, c, h, w] = sum of every entry of ``cols`` that
-        ``im2col`` copied from position (h, w) (zero-padding entries are dropped).
+        ``im2col`` copied from position (h, w) (zero-padding entries are dropped); stored
+        channel-major (the transposed view of a contiguous (C, N, H, W) array).
 
     It satisfies <im2col(x), cols> = <x, col2im(cols)> for all x, cols.
     """
@@ -103,8 +104,8 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):
                          f"{(N * oh * ow, C * kh * kw)}")
     # (C, kh, kw, N, oh, ow): free when cols is the transposed view im2col and Conv2d produce
     col = cols.T.reshape(C, kh, kw, N, oh, ow)
-    # accumulate channel-major (C, N, H+2p, W+2p), like im2col reads; one copy at the end
-    # turns it into (N, C, H, W) and drops the padding
+    # accumulate channel-major (C, N, H+2p, W+2p), like im2col reads; with padding, one copy
+    # at the end drops it
     imgt = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
     ### BEGIN SOLUTION  Task 2.4: col2im tap loop
     for i in range(kh):
@@ -113,4 +114,8 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):
             j_end = j + stride * ow
             imgt[:, :, i:i_end:stride, j:j_end:stride] += col[:, i, j]
     ### END SOLUTION
-    return xp.ascontiguousarray(imgt[:, :, pad:pad + H, pad:pad + W].transpose(1, 0, 2, 3))
+    # returned channel-major: the (N, C, H, W) view of a contiguous (C, N, H, W) array (no copy
+    # without padding); the layer below reads it in that layout (``ccledu.layers``)
+    if pad:
+        imgt = xp.ascontiguousarray(imgt[:, :, pad:pad + H, pad:pad + W])
+    return imgt.transpose(1, 0, 2, 3)

@@ -15,6 +15,15 @@ below needs it.
 Parameters use PyTorch's layout: a linear weight is (out, in), a conv weight is
 (out, in, kh, kw), a bias is (out,). Initialisation also follows PyTorch's default:
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, drawn on the host.
+
+Memory layout (speed only: no value depends on it). Image tensors always have the documented
+shape (N, C, H, W), but inside a CNN they are mostly stored *channel-major*, i.e. as the
+(N, C, H, W) transposed view of a contiguous (C, N, H, W) array: that is the layout a conv's
+matrix product produces (``Conv2d``) and im2col reads (``ccledu.im2col``), so keeping it saves
+a transposing copy of every conv output, of every gradient reaching a conv, and of every conv
+input. Layers allocate their outputs in their input's layout (``empty_like``, ``copy(order="K")``;
+element-wise NumPy operations do this by themselves). Use ``xp.ascontiguousarray(y)`` where a
+C-ordered array is needed.
 """
 from __future__ import annotations
 
@@ -132,8 +141,11 @@ class Conv2d(Layer):
     the last line is the "transposed convolution" of the backward pass.
 
     The code computes the transposes of these products, Yᵀ = W_mat colsᵀ (F, N·OH·OW) and
-    dcolsᵀ = M_matᵀ dYᵀ, because ``cols.T`` is the contiguous form of im2col's buffer and
-    (F, N, OH, OW) -> (N, F, OH, OW) moves whole OH·OW blocks (see ``ccledu.im2col``).
+    dcolsᵀ = M_matᵀ dYᵀ, because ``cols.T`` is the contiguous form of im2col's buffer (see
+    ``ccledu.im2col``). Memory layout: y is returned as the (N, F, OH, OW) *view* of that
+    channel-major (F, N, OH, OW) product, without a copy; the layers after it keep the layout
+    (see ``ccledu.layers`` "Memory layout"), so dy usually arrives channel-major too and dYᵀ is
+    a free reshape. Values never depend on the layout.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
@@ -170,14 +182,14 @@ class Conv2d(Layer):
         y_t = self.params["weight"].reshape(F, -1) @ cols.T   # Yᵀ: (F, N·OH·OW)
         if self.has_bias:
             y_t += self.params["bias"][:, None]
-        return xp.ascontiguousarray(y_t.reshape(F, N, oh, ow).transpose(1, 0, 2, 3))
+        return y_t.reshape(F, N, oh, ow).transpose(1, 0, 2, 3)   # channel-major view, no copy
 
     def backward(self, dy, weight=None, need_dx: bool = True):
         cols = self._c_cols
         if cols is None:
             raise RuntimeError("Conv2d.backward called before forward")
         F = self.out_channels
-        dY_t = dy.transpose(1, 0, 2, 3).reshape(F, -1)       # dYᵀ: (F, N·OH·OW)
+        dY_t = dy.transpose(1, 0, 2, 3).reshape(F, -1)       # dYᵀ: (F, N·OH·OW), free if dy is channel-major
         self.grads["weight"] = (dY_t @ cols).reshape(self.params["weight"].shape)
         if self.has_bias:
             self.grads["bias"] = dY_t.sum(axis=1)
@@ -227,7 +239,7 @@ class MaxPool2d(Layer):
         oh, ow = H // k, W // k
         if oh == 0 or ow == 0:
             raise ValueError(f"MaxPool2d({k}) cannot pool an input of spatial size {H}x{W}")
-        y = x[:, :, 0:oh * k:k, 0:ow * k:k].copy()             # tap (0, 0)
+        y = x[:, :, 0:oh * k:k, 0:ow * k:k].copy(order="K")    # tap (0, 0), in x's memory layout
         for t in range(1, k * k):
             i, j = divmod(t, k)
             xp.maximum(y, x[:, :, i:oh * k:k, j:ow * k:k], out=y)
@@ -244,7 +256,7 @@ class MaxPool2d(Layer):
         oh, ow = H // k, W // k
         # every pooled position is written below; only a dropped remainder row/column needs zeros
         exact = oh * k == H and ow * k == W
-        dx = (xp.empty if exact else xp.zeros)(x.shape, dtype=dy.dtype)
+        dx = (xp.empty_like if exact else xp.zeros_like)(x, dtype=dy.dtype)   # x's memory layout
         ### BEGIN SOLUTION  Task 2.5: MaxPool2d.backward
         found = xp.zeros(y.shape, dtype=bool)       # windows whose maximum is already routed
         for t in range(k * k):
@@ -279,8 +291,9 @@ class Upsample2d(Layer):
         xp = get_array_module(x)
         N, C, H, W = x.shape
         s = self.s
-        y = xp.broadcast_to(x[:, :, :, None, :, None], (N, C, H, s, W, s))
-        return y.reshape(N, C, H * s, W * s)
+        # built channel-major (C, N, s·H, s·W), like the conv that reads it (see "Memory layout")
+        y = xp.broadcast_to(x.transpose(1, 0, 2, 3)[:, :, :, None, :, None], (C, N, H, s, W, s))
+        return y.reshape(C, N, H * s, W * s).transpose(1, 0, 2, 3)
 
     def backward(self, dy):
         N, C, Hs, Ws = dy.shape
