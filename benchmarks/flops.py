@@ -7,7 +7,9 @@ Each number is one real step of the rule at batch 32 (float64, random data) on t
 (784-256×5-10 for MNIST, 3072-1024×3-10 for CIFAR-10), with the rule's default options, divided
 by 32. The headline column counts matrix products at 2·m·k·n FLOPs (the convention under which
 the paper's BP entries, 2.39 M and 25.23 M, are exact); element-wise operations are a separate
-column. Writes a Markdown table and a JSON file beside it.
+column. For the TP rows a second count is given when torch is installed: the public code's
+step structure re-expressed in PyTorch and counted by ``torch.utils.flop_counter.FlopCounterMode``
+(``benchmarks/flops_public_tp.py``). Writes a Markdown table and a JSON file beside it.
 """
 from __future__ import annotations
 
@@ -40,14 +42,26 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "flops.md"))
     args = p.parse_args(argv)
+    try:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from flops_public_tp import public_tp_step_flops
+    except ImportError:        # pragma: no cover - torch missing
+        public_tp_step_flops = None
+    widths = {"mnist": [784, 256, 256, 256, 256, 256, 10], "cifar10": [3072, 1024, 1024, 1024, 10]}
     rows = []
     for label, rule, opts in ROWS:
         r = {"row": label, "rule": rule, "options": opts}
         for model, key in (("mlp-mnist", "mnist"), ("mlp-cifar10", "cifar10")):
             c = count_step(rule, model=model, batch_size=args.batch, rule_options=opts)
             r[key] = {"matmul": c["matmul"], "elementwise": c["elementwise"]}
-        paper = PAPER.get(rule) if (rule != "fwdtp" or opts == {}) and not opts else None
+        paper = PAPER.get(rule) if not opts else None
         r["paper"] = paper
+        if paper and rule in ("dtp", "drl", "ldrl", "fwdtp") and public_tp_step_flops is not None:
+            try:
+                r["public_structure"] = [public_tp_step_flops(rule, widths[k], batch=args.batch)
+                                         for k in ("mnist", "cifar10")]
+            except ImportError:    # pragma: no cover
+                pass
         rows.append(r)
         print(f"{label:45s} MNIST {r['mnist']['matmul'] / 1e6:8.2f} M   CIFAR-10 {r['cifar10']['matmul'] / 1e6:8.2f} M", flush=True)
     bp = rows[0]
@@ -70,6 +84,17 @@ def main(argv=None):
             else:
                 cells += [f"{m:.2f}", f"{e:.2f}", "–", f"{ratio:.1f} / –"]
         lines.append("| " + " | ".join(cells) + " |")
+    pub = [r for r in rows if r.get("public_structure")]
+    if pub:
+        lines += ["", "The public TP code's step structure (Shibuya et al., `tp_net.py`: 5 feedback iterations, "
+                  "`compute_target`, `update_weights`) re-expressed in PyTorch and counted by "
+                  "`torch.utils.flop_counter.FlopCounterMode` (`benchmarks/flops_public_tp.py`), matmul M FLOPs "
+                  "per sample:", "", "| rule | MNIST: public structure | paper | paper / structure "
+                  "| CIFAR-10: public structure | paper | paper / structure |", "|---|---:|---:|---:|---:|---:|---:|"]
+        for r in pub:
+            a, b = (v / 1e6 for v in r["public_structure"])
+            pa, pb = r["paper"]
+            lines.append(f"| {r['row']} | {a:.2f} | {pa:.2f} | {pa / a:.2f} | {b:.2f} | {pb:.2f} | {pb / b:.2f} |")
     lines += ["", "The differences are discussed in docs/tp.md (section *Cost*).", ""]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
