@@ -277,3 +277,17 @@ def test_chapter_12_solutions_pass_and_common_mistakes_fail():
     with pytest.raises(ReferenceCalled):
         check.tp_targets(lambda acts, y, Qs, beta: difference_targets(
             acts, acts[-1], [None] + [lambda s, Q=Q: np.tanh(s @ Q.T) for Q in Qs[1:]]), **quiet)
+
+
+def test_diagnostics_train_nothing_and_the_top_target_follows_the_gradient():
+    model, rule, x, y = _setup("dtp")
+    before = {k: v.copy() for k, v in rule.Q.items()}
+    W = {k: v.copy() for k, v in model.parameters().items()}
+    d = rule.diagnostics(model, x, y)
+    for k, v in rule.Q.items():
+        np.testing.assert_array_equal(v, before[k])
+    for k, v in model.parameters().items():
+        np.testing.assert_array_equal(v, W[k])
+    L = len(model.blocks)
+    assert d[f"target_bp/{L - 1}"] < 1e-5 and d[f"align_bp/{L - 1}"] < 1e-5   # exact at the top
+    assert set(d) == {f"{k}/{l}" for k in ("target_bp", "align_bp") for l in range(L)}

@@ -382,6 +382,33 @@ class TargetPropagation(Rule):
         self.acts, self.targets = acts, targets
         return StepResult(loss=ce, grads=grads, terms=terms, logits=acts[-1])
 
+    def diagnostics(self, model, x, y) -> dict:
+        """Angles in degrees, without training anything: ``align_bp/<l>`` between this rule's
+        ∇W_l (from the current feedback, no feedback update) and backprop's ∇W_l of the mean
+        cross-entropy of the model's plain forward pass; ``target_bp/<l>`` between the target
+        displacement t_l − a_l and −∂CE/∂a_l. With ``batchnorm`` the rule's forward pass is not
+        the model's, so the comparison is only indicative."""
+        from ..metrics import angle
+        from .bp import BP
+        self._check(model)
+        acts, maps = self.forward(model, x)
+        targets = self.compute_targets(model, acts, y)
+        grads, _ = self.forward_grads(model, x, acts, maps, targets)
+        mine = {k: get_array_module(v).array(v, copy=True) for k, v in grads.items()}
+        disp = [t - a for t, a in zip(targets, acts)]
+        logits = model.forward(x)
+        _, dlogits = cross_entropy(logits, y)
+        out = {}
+        d = dlogits
+        for l in range(len(model.blocks) - 1, -1, -1):     # −∂CE/∂a_l, block by block
+            out[f"target_bp/{l}"] = angle(disp[l], -d)
+            d = model.blocks[l].backward(d, need_dx=l > 0)
+        ref = BP().step(model, x, y).grads
+        for k, v in mine.items():
+            if k.endswith("weight"):
+                out[f"align_bp/{k.split('.')[1]}"] = angle(v, ref[k])
+        return out
+
     def config(self) -> dict:
         return {"rule": self.name, "stepsize": self.stepsize, "lr_backward": self.lr_backward,
                 "noise_std": self.noise_std, "feedback_iters": self.feedback_iters,
