@@ -44,7 +44,8 @@ TRAIN_FIELDS = [
     ("--limit-test", "limit_test", int, "use only the first N test examples"),
     ("--data-root", "data_root", str, "directory holding <dataset>/ folders (default: $CCLEDU_DATA, then the embedded data/)"),
     ("--preset", "preset", str, "named configuration of the rule (e.g. ff: cpu, paper)"),
-    ("--out", "out", str, "directory for metrics.json"),
+    ("--out", "out", str, "folder for metrics.json and checkpoint.npz (checked and locked before "
+                          "training; an earlier metrics.json is moved to metrics.previous.json)"),
 ]
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import struct
 import sys
 import zipfile
@@ -436,10 +437,16 @@ def write_trace(path, rule: str, model_spec: str, batch_size: int, seed: int = 0
 
 def save(path, meta: dict, arrays: dict) -> None:
     """Write (meta, arrays) as a trace file: ``meta`` as a JSON string, arrays by name."""
+    from .train import atomic_write
+
     payload = {"meta": np.array(json.dumps(meta, sort_keys=False))}
     payload.update({k: np.asarray(v) for k, v in arrays.items()})
-    with open(path, "wb") as fh:
-        np.savez(fh, **payload)
+    if os.path.isdir(path):
+        raise ValueError(f"--out {path} is a folder; give the trace file's name (e.g. {path}/trace.npz)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"cannot write {path}: the folder {parent} does not exist")
+    atomic_write(path, lambda fh: np.savez(fh, **payload))   # all or nothing
 
 
 # ------------------------------------------------------------------------------------------------
@@ -978,8 +985,16 @@ def add_parser(sub) -> None:
     p.add_argument("--model", required=True,
                    help="a preset (mlp-mnist, cnn-cifar10, ...) or a spec: mlp:20-16-12-10, "
                         "cnn:3x8x8-c4-c6-10")
-    p.add_argument("--batch-size", type=int, default=8, help="batch size N (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, rule matrices, batch (default 0)")
+    from .cli import ranged_type
+    from .train import RANGES, Range
+
+    nonneg = Range(float, 0)
+    ranges = {"lr": nonneg, "momentum": Range(float, 0, 1, hi_open=True), "weight_decay": nonneg,
+              "clip": nonneg, "warmup": Range(int, 0), "step": Range(int, 0)}
+    p.add_argument("--batch-size", type=ranged_type(RANGES["batch_size"]), default=8,
+                   help="batch size N, an integer >= 1 (default 8)")
+    p.add_argument("--seed", type=ranged_type(RANGES["seed"]), default=0,
+                   help="seed of weights, rule matrices, batch, an integer >= 0 (default 0)")
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     p.add_argument("--out", required=True, help="file to write (.npz)")
     p.add_argument("--activation", default="elu", help="hidden activation (default elu)")
@@ -988,15 +1003,17 @@ def add_parser(sub) -> None:
                    help="take the first N training examples of this dataset (mnist, fashion-mnist, "
                         "cifar10, cifar100) instead of random normal inputs")
     g = p.add_argument_group("optimiser (default: the rule's training defaults for the model kind)")
-    g.add_argument("--lr", type=float, default=None, help="learning rate of every group")
+    g.add_argument("--lr", type=ranged_type(ranges["lr"]), default=None,
+                   help="learning rate of every group, a finite number >= 0")
     for f in _OPT_FIELDS:
         if f == "centralize":
             g.add_argument("--centralize", action=argparse.BooleanOptionalAction,
                            default=None, help="gradient centralization")
         else:
-            g.add_argument("--" + f.replace("_", "-"), dest=f,
-                           type=int if f in ("warmup", "step") else float, default=None,
-                           help="global step index of this update (warm-up)" if f == "step" else None)
+            rng = ranges[next(k for k in ranges if f == k or f.startswith(k + "_"))]
+            helptext = "global step index of this update (warm-up)" if f == "step" else None
+            g.add_argument("--" + f.replace("_", "-"), dest=f, type=ranged_type(rng), default=None,
+                           help=(helptext + "; " if helptext else "") + rng.describe())
     add_rule_option_flags(p)
     p.set_defaults(func=cmd_trace)
 

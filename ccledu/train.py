@@ -12,6 +12,14 @@ Setting resolution, lowest priority first:
    replaces a plain ``model="mlp"``/``"cnn"`` (e.g. FF's 2 × 500 MLP on MNIST);
 3. the rule's ``PRESETS[preset]`` when ``preset`` names one (e.g. ``ff`` ``paper``);
 4. every field the caller set explicitly (anything not ``None``).
+
+Every numeric setting has a valid range (:data:`RANGES`, checked by :func:`validate` before
+anything is built). With ``out``, the folder is checked and locked before training
+(:class:`RunDir`), a checkpoint is written atomically after every epoch, and ``metrics.json``
+always says how the run ended (``status``: finished / diverged / interrupted). ``run(None,
+resume=DIR)`` (``ccledu train --resume DIR``) continues a run bit for bit from its checkpoint.
+Divergence: a non-finite loss, or one beyond :func:`divergence_bound`. See
+``docs/reliability.md``.
 """
 from __future__ import annotations
 
@@ -893,6 +901,9 @@ def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_st
                 monitor=test if config.track_test else None, history=history, best=best,
                 gen=gen, start_epoch=start, reference_loss=ref,
                 checkpoint=checkpoint if rundir is not None else None, on_epoch=on_epoch)
+            best_epoch, _, snap = best
+            _restore(model, rule, snap)
+            test_loss, test_acc = evaluate(model, rule, *test)
         except DivergenceError as e:
             record(partial("diverged", message=str(e),
                            diverged={"epoch": e.epoch, "step": e.step, "loss": e.loss}))
@@ -912,9 +923,6 @@ def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_st
         except Exception as e:
             record(partial("failed", message=f"{type(e).__name__}: {e}"))
             raise
-        best_epoch, _, snap = best
-        _restore(model, rule, snap)
-        test_loss, test_acc = evaluate(model, rule, *test)
     metrics = {
         "status": "finished",
         "epochs_completed": len(history),

@@ -453,3 +453,32 @@ def test_fuzz_random_corruptions(small, tmp_path, capsys, rule):
                 assert len(err.strip().splitlines()) == 1 and err.startswith("ccledu: error: ")
     print(rule, seen, f"worst peak {worst / MiB:.1f} MiB")
     assert seen["refused"] > 30 and seen["mismatch"] > 5, seen
+
+
+# ------------------------------------------------------------------ ccledu trace flags
+
+@pytest.mark.parametrize("flag,value,needle", [
+    ("--batch-size", "0", "--batch-size: must be an integer >= 1"),
+    ("--seed", "-2", "--seed: must be an integer >= 0"),
+    ("--lr", "-1", "--lr: must be a finite number >= 0"),
+    ("--lr", "nan", "--lr: must be a finite number >= 0"),
+    ("--momentum-forward", "1.5", "--momentum-forward: must be a finite number >= 0 and < 1"),
+    ("--weight-decay-feedback", "-1", "--weight-decay-feedback"),
+    ("--clip-forward", "-0.1", "--clip-forward"),
+    ("--warmup", "-3", "--warmup: must be an integer >= 0"),
+    ("--step", "-1", "--step: must be an integer >= 0"),
+])
+def test_trace_flags_out_of_range_refused_at_parse_time(tmp_path, capsys, flag, value, needle):
+    code = cli.main(["trace", "--rule", "bp", "--model", "mlp:4-3-2", "--out",
+                     str(tmp_path / "t.npz"), flag, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "t.npz").exists()
+
+
+@pytest.mark.parametrize("where,needle", [("dir", "is a folder"), ("missing", "does not exist")])
+def test_trace_out_that_cannot_be_written_is_one_line(tmp_path, capsys, where, needle):
+    out = tmp_path if where == "dir" else tmp_path / "no" / "t.npz"
+    code = cli.main(["trace", "--rule", "bp", "--model", "mlp:4-3-2", "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and needle in err[0], err
