@@ -90,7 +90,6 @@ Differences from the public code and the paper
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -688,6 +687,44 @@ def _restore(model, snap):
 def train_autoencoder(rule: str = "ccl", data: str = "mnist", epochs: int | None = None,
                       batch_size: int | None = None, seed: int = 0, *, out=None,
                       progress: bool = True, **settings) -> dict:
+    """Train a CCL or BP convolutional autoencoder and return its metrics (see
+    :func:`_train_autoencoder`).
+
+    Output handling as ``ccledu train`` (docs/reliability.md): the settings are range-checked
+    and ``out`` is checked and locked before any training; an earlier ``metrics.json`` is moved
+    to ``metrics.previous.json``; ``metrics.json`` is written atomically and says ``status``
+    "running", "finished", "diverged" or "interrupted".
+    """
+    from .train import DivergenceError, RunDir
+
+    config = AEConfig(rule=rule, data=data, epochs=epochs, batch_size=batch_size, seed=seed,
+                      out=None if out is None else str(out), **settings).resolved()
+    rundir = RunDir(config.out) if config.out else None
+    if rundir is None:
+        return _train_autoencoder(rule, data, epochs, batch_size, seed, out=out,
+                                  progress=progress, **settings)
+    rundir.acquire()
+    try:
+        rundir.start(config, resuming=False)
+        try:
+            return _train_autoencoder(rule, data, epochs, batch_size, seed, out=out,
+                                      progress=progress, **settings)
+        except BaseException as e:
+            status = ("interrupted" if isinstance(e, KeyboardInterrupt) else
+                      "diverged" if isinstance(e, DivergenceError) else "failed")
+            try:
+                rundir.write_metrics({"status": status, "message": f"{type(e).__name__}: {e}",
+                                      "config": dataclasses.asdict(config)})
+            except OSError:
+                pass
+            raise
+    finally:
+        rundir.release()
+
+
+def _train_autoencoder(rule: str = "ccl", data: str = "mnist", epochs: int | None = None,
+                       batch_size: int | None = None, seed: int = 0, *, out=None,
+                       progress: bool = True, **settings) -> dict:
     """Train a CCL or BP convolutional autoencoder and return its metrics.
 
     Any :class:`AEConfig` field may be passed (``preset``, ``channels``, ``lr_forward``,
@@ -708,7 +745,7 @@ def train_autoencoder(rule: str = "ccl", data: str = "mnist", epochs: int | None
     from . import __version__
     from .data import batches
     from .optim import Optimizer, ParamGroup
-    from .train import DivergenceError, _json_default
+    from .train import DivergenceError, write_json
 
     config = AEConfig(rule=rule, data=data, epochs=epochs, batch_size=batch_size, seed=seed,
                       out=None if out is None else str(out), **settings).resolved()
@@ -777,6 +814,8 @@ def train_autoencoder(rule: str = "ccl", data: str = "mnist", epochs: int | None
         _restore(model, best[2])
         test_model, test_pixel = _pixel_mse(model, test, mean, std)
         metrics = {
+            "status": "finished",
+            "epochs_completed": len(history),
             "test_mse": test_pixel,
             "test_mse_model_space": test_model,
             "mse_space": "normalised" if config.normalize else "pixels [0, 1]",
@@ -795,8 +834,7 @@ def train_autoencoder(rule: str = "ccl", data: str = "mnist", epochs: int | None
             save_reconstructions(model, test, outdir / "reconstructions.png", mean, std,
                                  title=f"{config.rule.upper()} autoencoder, {config.data}: "
                                        f"test MSE {test_pixel:.4f}")
-            with open(outdir / "metrics.json", "w") as fh:
-                json.dump(metrics, fh, indent=1, default=_json_default)
+            write_json(outdir / "metrics.json", metrics)         # atomic, strict JSON
             if progress:
                 print(f"wrote {outdir / 'metrics.json'} and {outdir / 'reconstructions.png'}")
     metrics["_model"] = model
@@ -896,7 +934,6 @@ def cmd_autoencoder(args) -> int:
 
 def main(argv=None) -> int:
     """``python -m ccledu.autoencoder ...``: the ``ccledu autoencoder`` command on its own."""
-    import argparse
     import sys
 
     from .cli import main as cli_main

@@ -452,3 +452,16 @@ def test_debug_env_var(capsys, monkeypatch):
 def test_autoencoder_flags_are_range_checked(capsys, flag, value):
     line = _one_error(["autoencoder", flag, value], capsys, flag)
     assert "must be" in line
+
+
+def test_autoencoder_output_checked_before_training_and_status_written(tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("x")
+    _one_error(["autoencoder", "--out", f, "--epochs", "1", "--limit-train", "8"], capsys,
+               "is a file, not a folder")
+    out = tmp_path / "ae"
+    code = cli.main(["autoencoder", "--out", str(out), "--epochs", "1", "--limit-train", "32",
+                     "--limit-test", "16", "--batch-size", "16", "--channels", "4,8", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["status"] == "finished" and m["epochs_completed"] == 1 and not (out / ".ccledu.lock").exists()
