@@ -46,14 +46,64 @@ CONFIGS = {
 }
 
 
+#: CPU flags the report lists (the vector extensions the kernels of NumPy, OpenBLAS and PyTorch use)
+SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+              "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_kind(model: str) -> str:
+    """A short machine-kind name for result files: 'intel-xeon', 'amd-epyc', else the model's
+    first two words, lower case, joined by '-'."""
+    low = model.lower()
+    for vendor, family in (("intel", "xeon"), ("amd", "epyc"), ("amd", "ryzen"), ("intel", "core")):
+        if vendor in low and family in low:
+            return f"{vendor}-{family}"
+    words = [w for w in "".join(c if c.isalnum() else " " for c in low).split() if w]
+    return "-".join(words[:2]) or "cpu"
+
+
+def cpu_details() -> dict:
+    """CPU flags (the SIMD subset), NumPy's SIMD dispatch and the BLAS NumPy really loaded."""
+    out = {}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+        out["cpu_flags"] = " ".join(f for f in SIMD_FLAGS if f in flags)
+    except OSError:
+        pass
+    try:
+        from numpy._core import _multiarray_umath as mu
+        out["numpy_simd_baseline"] = " ".join(mu.__cpu_baseline__)
+        out["numpy_simd_dispatch"] = " ".join(f for f in mu.__cpu_dispatch__ if mu.__cpu_features__.get(f))
+    except (ImportError, AttributeError):
+        pass
+    try:
+        from threadpoolctl import threadpool_info
+        for lib in threadpool_info():
+            if lib.get("user_api") == "blas":
+                out["blas_runtime"] = (f"{lib.get('internal_api')} {lib.get('version')} "
+                                       f"({lib.get('architecture')}, {lib.get('threading_layer')})")
+                out["blas_threads"] = lib.get("num_threads")
+                break
+    except ImportError:
+        pass
+    return out
+
+
 def machine_info(device: str) -> dict:
     info = backend_machine_info("cupy" if device == "cuda" else "numpy")
+    if device == "cpu":
+        info.update(cpu_details())
     try:
         import torch
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
         if device == "cuda":
             info["torch_gpu"] = torch.cuda.get_device_name(0)
+        else:
+            info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+            info["torch_blas"] = ("MKL" if torch.backends.mkl.is_available() else "other") + \
+                (" + oneDNN" if torch.backends.mkldnn.is_available() else "")
     except ImportError:
         info["torch"] = None
     return info
@@ -298,9 +348,21 @@ def plot(results: dict, path_prefix: Path):
 def report(results: dict, path: Path, command: str):
     m = results["machine"]
     lines = [f"# Speed: ccledu vs PyTorch ({results['device']})", "",
-             f"Command: `{command}`", "",
-             "Machine: " + ", ".join(f"{k} {v}" for k, v in m.items()), "",
-             "Matrix-multiply peak (2048² float32): "
+             f"Command: `{command}`", ""]
+    if results.get("note"):
+        lines += [f"Note: {results['note']}", ""]
+    lines += [
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in m.items()), ""]
+    if results.get("kernels"):
+        lines += ["Kernels chosen at first use (`ccledu.accel`; ms on the sample): " + "; ".join(
+            f"{k}: {v['use']}" + (" (" + ", ".join(f"{c} {ms:.3f}" for c, ms in v["ms"].items()) + ")"
+                                  if v.get("ms") else f" ({v.get('why')})")
+            for k, v in results["kernels"].items()), ""]
+    if results.get("load_start"):
+        lines += [f"Machine load (1/5/15-min load average): {results['load_start']} at the start, "
+                  f"{results.get('load_end')} at the end (2 cores: a load above ~1 means other jobs "
+                  "shared the machine).", ""]
+    lines += ["Matrix-multiply peak (2048² float32): "
              + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in results["peak"].items()), "",
              "| config | rule | batch | ccledu ms/step | PyTorch ms/step | ratio (PyTorch/ccledu) | ccledu samples/s | GFLOP/step | % of peak | ccledu s/epoch | PyTorch s/epoch |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -341,6 +403,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="3 repetitions, no scaling study")
     p.add_argument("--no-scaling", action="store_true")
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--kind", default="", help="machine-kind suffix of the result files: "
+                   "'auto' names them after the CPU (speed_cpu_intel-xeon.json, speed_cpu_amd-epyc.json); "
+                   "default: none (speed_cpu.json)")
     p.add_argument("--render", metavar="JSON", help="only rewrite the Markdown report and plots "
                    "from a results file this script wrote (no timing)")
     args = p.parse_args(argv)
@@ -364,13 +429,18 @@ def main(argv=None):
         log("PyTorch not installed: timing ccledu alone (pip install torch==2.13.0 for the peer)")
     results = {"device": args.device, "machine": machine_info(args.device),
                "command": "python benchmarks/speed.py " + " ".join(argv or sys.argv[1:])}
+    results["load_start"] = [round(v, 2) for v in os.getloadavg()]
     results["peak"] = matmul_peak(args.device)
     log(f"peak: {results['peak']}")
     results["grid"] = run_grid(args.device, args.configs.split(","), args.rules.split(","), reps,
                                results["peak"]["peak"], log)
     if not (args.quick or args.no_scaling):
         results["scaling"] = run_scaling(args.device, max(3, reps // 2), log)
-    stem = out / f"speed_{args.device}"
+    from ccledu import accel
+    results["kernels"] = accel.choices()
+    results["load_end"] = [round(v, 2) for v in os.getloadavg()]
+    kind = cpu_kind(results["machine"].get("cpu", "")) if args.kind == "auto" else args.kind
+    stem = out / (f"speed_{args.device}_{kind}" if kind else f"speed_{args.device}")
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
     plot(results, stem)
     report(results, stem.with_suffix(".md"), results["command"])
