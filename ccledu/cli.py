@@ -81,17 +81,30 @@ def ranged(field: str, tp=None):
     return ranged_type(RANGES[field], optional=field in ("limit_train", "limit_test"))
 
 
-def _none_or(tp):
+def _none_or(tp, rng=None):
+    """argparse type of a rule option: ``none``/``null``/``off`` give None; floats must be
+    finite; ``rng`` (a :class:`ccledu.train.Range` a rule may give as the 4th entry of an
+    OPTIONS spec) is checked too."""
+    import math
+
     def parse(v):
         if isinstance(v, str) and v.lower() in ("none", "null", "off"):
             return None
-        return tp(v)
+        if rng is not None:
+            try:
+                return rng.check(v, "value", text=True)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"must be {rng.describe()}, got {v!r}") from None
+        out = tp(v)
+        if isinstance(out, float) and not math.isfinite(out):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {v!r}")
+        return out
     parse.__name__ = tp.__name__
     return parse
 
 
 def _rule_options():
-    """All rules' OPTIONS, merged: option name -> (type, default, help, [rules])."""
+    """All rules' OPTIONS, merged: option name -> [type, default, help, [rules], range or None]."""
     merged = {}
     for name in RULES:
         try:
@@ -99,25 +112,26 @@ def _rule_options():
         except ImportError:
             continue
         for opt, spec in (getattr(cls, "OPTIONS", {}) or {}).items():
-            tp, default, helptext = spec
+            tp, default, helptext = spec[:3]
+            rng = spec[3] if len(spec) > 3 else None
             if opt in merged:
                 merged[opt][3].append(name)
             else:
-                merged[opt] = [tp, default, helptext, [name]]
+                merged[opt] = [tp, default, helptext, [name], rng]
     return merged
 
 
 def add_rule_option_flags(p):
     group = p.add_argument_group("rule options (each applies to the rules named in brackets)")
-    for opt, (tp, default, helptext, rules) in sorted(_rule_options().items()):
+    for opt, (tp, default, helptext, rules, rng) in sorted(_rule_options().items()):
         flag = "--" + opt.replace("_", "-")
         text = f"[{', '.join(rules)}] {helptext} (default {default!r})"
         if tp is bool:
             group.add_argument(flag, dest="ropt_" + opt, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=text)
         else:
-            group.add_argument(flag, dest="ropt_" + opt, type=_none_or(tp), default=argparse.SUPPRESS,
-                               help=text)
+            group.add_argument(flag, dest="ropt_" + opt, type=_none_or(tp, rng),
+                               default=argparse.SUPPRESS, help=text)
 
 
 def collect_rule_options(args, rule: str) -> dict:
@@ -232,6 +246,9 @@ def cmd_train(args) -> int:
     if args.lr is not None:
         settings.setdefault("lr_forward", args.lr)
         settings.setdefault("lr_feedback", args.lr)
+    if not isinstance(settings.get("rule_options", {}) or {}, dict):
+        raise ValueError(f"rule_options in --config must be an object of the rule's options, got "
+                         f"{settings['rule_options']!r}")
     opts = dict(settings.get("rule_options", {}) or {})
     opts.update(collect_rule_options(args, settings["rule"]))
     settings["rule_options"] = opts

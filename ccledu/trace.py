@@ -177,7 +177,8 @@ def rule_settings(rule, requested: dict | None = None) -> dict:
     options = getattr(cls, "OPTIONS", {}) or {}
     requested = dict(requested or {})
     out = {}
-    for name, (_, default, _) in options.items():
+    for name, spec in options.items():
+        default = spec[1]
         value = getattr(rule, name, None)
         if value is None or callable(value):
             value = requested.get(name, default)

@@ -843,7 +843,13 @@ def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_st
                 f"the model {config.model!r} has {model.num_classes} outputs but {info.name} has "
                 f"{info.num_classes} classes; end the spec with the number of classes, e.g. "
                 f"'mlp:{int(np.prod(info.input_shape))}-256-{info.num_classes}'")
-        rule = rule_class(config.rule)(**config.rule_options)
+        cls = rule_class(config.rule)
+        try:
+            rule = cls(**config.rule_options)
+        except TypeError as e:
+            raise ValueError(f"rule {config.rule!r} does not take the options "
+                             f"{sorted(config.rule_options)} ({e}); its options: "
+                             f"{sorted(getattr(cls, 'OPTIONS', {}) or {}) or 'none'}") from None
         rule.setup(model, seed=config.seed)
         train, val, test = load_splits(config, model.input_shape)
         optimizer = build_optimizer(config, model, rule)

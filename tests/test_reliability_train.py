@@ -90,6 +90,21 @@ def test_config_file_values_are_checked_too(tmp_path, capsys):
     _one_error(["train", "--config", tmp_path / "missing.json"], capsys, "cannot read --config")
     cfg.write_text(json.dumps({"epochs": True}))
     _one_error(["train", "--config", cfg], capsys, "epochs (--epochs) must be an integer >= 1")
+    cfg.write_text(json.dumps([1, 2]))
+    _one_error(["train", "--config", cfg], capsys, "must hold a JSON object")
+    cfg.write_text(json.dumps({"rule_options": 5}))
+    _one_error(["train", "--config", cfg], capsys, "rule_options in --config must be an object")
+    cfg.write_text(json.dumps({"rule_options": {"foo": 1}, "epochs": 1, "limit_train": 32}))
+    _one_error(["train", "--config", cfg], capsys, "rule 'bp' does not take the options ['foo']")
+    cfg.write_text(json.dumps({"optimizer": "rmsprop"}))
+    _one_error(["train", "--config", cfg], capsys, "optimizer (--optimizer) must be 'sgd' or 'adam'")
+    cfg.write_text(json.dumps({"dtype": "float16"}))
+    _one_error(["train", "--config", cfg], capsys, "dtype (--dtype) must be")
+
+
+@pytest.mark.parametrize("flag,value", [("--theta", "nan"), ("--alpha", "inf"), ("--flood", "inf")])
+def test_rule_option_floats_must_be_finite(capsys, flag, value):
+    _one_error(["train", flag, value], capsys, f"{flag}: must be a finite number")
 
 
 @pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=0), dict(limit_train=0),
