@@ -19,10 +19,23 @@ Kernels:
     but a per-element C-library call elsewhere (~14 ns per element on an AVX2 EPYC, where the
     polynomial was ~3× faster). Both agree with the exact value to ~2 units in the last place.
 
+``tiles(kernel, *arrays)``
+    Cache blocking of the memory-bound tap loops (max-pool forward and backward). The loop
+    ``for views in tiles(...)`` runs its body either once on the whole arrays (default) or on
+    blocks of about ``BLOCK_BYTES`` of the first array, split along the batch and channel axes
+    (``blocks``): every k×k window lies in one block, so the results are bit-for-bit the same.
+    A tap loop reads each strided tap of its input in turn; when the input is larger than the
+    core's L2 cache every tap pass streams it from memory again, and blocks keep it in cache
+    (measured on an AVX-512 Xeon, cold caches: max-pool of a 12 MB input, forward 5.9 -> 3.1 ms,
+    backward 13.3 -> 8.5 ms). The choice is made per kernel and input size (rounded to a power
+    of two) from the loop's own first calls: ``TRIALS`` calls of each candidate, alternating,
+    then the faster by best time (``blocks`` must win by ``TILE_MARGIN``). Small inputs (at most
+    two blocks) always run whole.
+
 Control (environment variable ``CCLEDU_KERNELS``, read at the first call of each kernel):
 ``default`` forces every default (bit-for-bit the same float32 results on every machine whose
 NumPy computes the same, no measurement); ``expm1_nonpositive=poly`` (comma-separated
-``name=candidate``) forces one candidate. :func:`choices` returns what was chosen and the
+``name=candidate``) forces one candidate (tiles: ``maxpool_backward=blocks``). :func:`choices` returns what was chosen and the
 measured times; the speed benchmark writes them into its report.
 """
 from __future__ import annotations
@@ -44,14 +57,22 @@ _chosen: dict = {}          # kernel name -> {"use": candidate, "ms": {candidate
 
 
 def choices() -> dict:
-    """{kernel: {"use": chosen candidate, "ms": {candidate: best ms on the sample}, "why": ...}}
-    for every kernel chosen so far in this process."""
-    return {k: dict(v) for k, v in _chosen.items()}
+    """{kernel: {"use": chosen candidate, "ms": {candidate: best ms}, "why": ...}} for every
+    kernel chosen so far in this process (tiles: one entry per kernel and input size,
+    ``"maxpool_backward@16MB"``)."""
+    out = {k: dict(v) for k, v in _chosen.items()}
+    for (kernel, size), rec in sorted(_tiles.items()):
+        if rec.get("use"):
+            out[f"{kernel}@{_size_label(size)}"] = {
+                "use": rec["use"], "why": rec["why"],
+                "ms": {c: 1e3 * min(ts) for c, ts in rec["times"].items() if ts}}
+    return out
 
 
 def reset() -> None:
     """Forget every choice (the next call measures again; tests use it)."""
     _chosen.clear()
+    _tiles.clear()
 
 
 def _forced() -> dict:
@@ -185,3 +206,85 @@ def expm1_nonpositive(a):
 _KERNELS = {
     "expm1_nonpositive": ({"default": _expm1_default, "poly": _expm1_poly}, _expm1_sample),
 }
+
+
+# --------------------------------------------------------------------------------------------
+# Cache blocking of tap loops
+# --------------------------------------------------------------------------------------------
+
+#: target size of one block of the first array given to :func:`tiles`
+BLOCK_BYTES = 256 * 1024
+#: calls of each candidate timed before a tile choice is made
+TRIALS = 3
+#: ``blocks`` replaces ``whole`` only when its best call is at least this many times faster
+#: (both give identical results, so the margin only guards against timing noise)
+TILE_MARGIN = 1.1
+
+_tiles: dict = {}           # (kernel, size bucket) -> {"times": {cand: [s]}, "use": cand | None}
+_TILE_CANDIDATES = ("whole", "blocks")
+
+
+def _size_label(bucket: int) -> str:
+    n = 1 << max(bucket - 1, 0)
+    return f"{n >> 20}MB" if n >= 1 << 20 else f"{n >> 10}KB"
+
+
+def split_blocks(arrays, block_bytes: int = BLOCK_BYTES) -> list:
+    """Tuples of views of ``arrays`` (4-D, the same sizes along axes 0 and 1) splitting axes 0
+    and 1 (batch, channels) into blocks of about ``block_bytes`` of ``arrays[0]``: the axis that
+    is outer in memory first, then the other one."""
+    a0 = arrays[0]
+    pieces = max(1, -(-a0.nbytes // block_bytes))
+    outer, inner = (1, 0) if abs(a0.strides[1]) > abs(a0.strides[0]) else (0, 1)
+    n_out = min(a0.shape[outer], pieces)
+    n_in = min(a0.shape[inner], -(-pieces // n_out))
+    step_out = -(-a0.shape[outer] // n_out)
+    step_in = -(-a0.shape[inner] // n_in)
+    out = []
+    for o in range(0, a0.shape[outer], step_out):
+        for i in range(0, a0.shape[inner], step_in):
+            idx = [slice(None), slice(None)]
+            idx[outer] = slice(o, o + step_out)
+            idx[inner] = slice(i, i + step_in)
+            out.append(tuple(a[tuple(idx)] for a in arrays))
+    return out
+
+
+def tiles(kernel: str, *arrays):
+    """Iterate a tap loop's body over the whole ``arrays`` or over cache-sized blocks of them
+    (see the module docstring). Yields tuples of views, in the order of ``arrays``; writing into
+    a yielded view writes into the array it came from."""
+    a0 = arrays[0]
+    if get_array_module(a0) is not np or a0.nbytes <= 2 * BLOCK_BYTES:
+        yield arrays
+        return
+    key = (kernel, int(a0.nbytes).bit_length())
+    rec = _tiles.get(key)
+    if rec is None:
+        rec = _tiles[key] = {"times": {c: [] for c in _TILE_CANDIDATES}, "use": None, "why": ""}
+        forced = _forced()
+        want = forced.get(kernel, forced.get("*"))
+        if want is not None:
+            want = "whole" if want == "default" else want
+            if want not in _TILE_CANDIDATES:
+                raise ValueError(f"CCLEDU_KERNELS: kernel {kernel!r} has no candidate {want!r}; "
+                                 f"choose one of {list(_TILE_CANDIDATES)} (or 'default')")
+            rec["use"], rec["why"] = want, "forced by CCLEDU_KERNELS"
+    use = rec["use"]
+    if use is None:                       # still measuring: alternate the candidates
+        n = [len(rec["times"][c]) for c in _TILE_CANDIDATES]
+        trying = _TILE_CANDIDATES[n.index(min(n))]
+    else:
+        trying = use
+    t0 = time.perf_counter()
+    if trying == "whole":
+        yield arrays
+    else:
+        yield from split_blocks(arrays)
+    if use is None:                       # reached when the loop ran to its end
+        rec["times"][trying].append(time.perf_counter() - t0)
+        if all(len(ts) >= TRIALS for ts in rec["times"].values()):
+            best = {c: min(ts) for c, ts in rec["times"].items()}
+            rec["use"] = "blocks" if best["whole"] >= TILE_MARGIN * best["blocks"] else "whole"
+            rec["why"] = (f"best of the first {TRIALS} calls of each, blocks of "
+                          f"{BLOCK_BYTES >> 10} KB, margin {TILE_MARGIN}")

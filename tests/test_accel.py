@@ -12,6 +12,7 @@ from ccledu import accel
 def fresh_choices(monkeypatch):
     monkeypatch.delenv("CCLEDU_KERNELS", raising=False)
     monkeypatch.setattr(accel, "_chosen", {})
+    monkeypatch.setattr(accel, "_tiles", {})
 
 
 def _fake_kernel(monkeypatch, default_s, alt_s):
@@ -74,3 +75,47 @@ def test_expm1_candidates_agree_and_float64_is_never_measured():
     accel.expm1_nonpositive(np.zeros(3, np.float32))
     rec = accel.choices()["expm1_nonpositive"]
     assert rec["use"] in ("default", "poly") and set(rec["ms"]) == {"default", "poly"}
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channel-major"])
+def test_blocked_maxpool_is_bit_identical_to_whole(monkeypatch, layout):
+    """Max-pool forward/backward on cache-sized blocks equals the whole-array tap loop exactly,
+    ties (first tap wins), a dropped remainder row/column and both memory layouts included."""
+    from ccledu.layers import MaxPool2d
+    g = np.random.default_rng(3)
+    N, C, H, W = 24, 20, 31, 29                       # 1.7 MB float32: several 256 KB blocks
+    x = np.round(g.standard_normal((C, N, H, W)), 1).astype(np.float32)   # many ties
+    x = x.transpose(1, 0, 2, 3) if layout == "channel-major" else np.ascontiguousarray(x.transpose(1, 0, 2, 3))
+    out = {}
+    for cand in ("whole", "blocks"):
+        monkeypatch.setenv("CCLEDU_KERNELS", f"maxpool_forward={cand},maxpool_backward={cand}")
+        accel.reset()
+        pool = MaxPool2d(2)
+        y = pool.forward(x)
+        dy = np.asarray(g.standard_normal(y.shape), dtype=np.float32) if cand == "whole" else dy
+        out[cand] = (y.copy(), pool.backward(dy).copy())
+        label = accel._size_label(int(x.nbytes).bit_length())          # "1MB": x is 1.7 MB
+        assert accel.choices()[f"maxpool_backward@{label}"]["use"] == cand
+    assert len(accel.split_blocks((x,))) > 4
+    for a, b in zip(out["whole"], out["blocks"]):
+        assert a.tobytes() == b.tobytes()
+    # each window routes its gradient to exactly one position (the remainder gets none)
+    dx = out["whole"][1]
+    assert np.all(dx[:, :, 30, :] == 0) and np.all(dx[:, :, :, 28] == 0)
+    assert np.count_nonzero(dx[:, :, :30, :28]) == np.count_nonzero(dy)
+
+
+def test_tiles_measure_their_first_calls_then_keep_one(monkeypatch):
+    """Without a forced choice, the first TRIALS calls of each candidate alternate; then one is
+    kept (and recorded) for that kernel and input size."""
+    x = np.zeros((8, 64, 32, 32), np.float32)          # 2 MB
+    seen = []
+    for _ in range(2 * accel.TRIALS + 3):
+        seen.append(len(list(accel.tiles("demo", x))))
+    assert seen[:2 * accel.TRIALS].count(1) == accel.TRIALS    # 'whole' yields one tuple
+    assert len(set(seen[2 * accel.TRIALS:])) == 1
+    rec = accel.choices()["demo@2MB"]
+    assert rec["use"] in ("whole", "blocks") and set(rec["ms"]) == {"whole", "blocks"}
+    # small arrays always run whole, with nothing recorded
+    assert len(list(accel.tiles("demo", np.zeros((2, 2, 8, 8), np.float32)))) == 1
+    assert list(accel.choices()) == ["demo@2MB"]
