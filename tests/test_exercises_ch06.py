@@ -60,6 +60,9 @@ def test_gram_loss_is_zero_for_orthonormal_rows():
     Q = np.linalg.qr(np.random.default_rng(0).standard_normal((6, 4)))[0].T     # 4 orthonormal rows
     value, dX = gram_loss(Q, 1.0)
     assert abs(float(value)) < 1e-24 and np.abs(dX).max() < 1e-12
+    # and only there: rows that are not orthonormal give a positive loss and a gradient
+    value, dX = gram_loss(1.1 * Q, 1.0)
+    assert float(value) > 1e-3 and np.abs(dX).max() > 1e-3
 
 
 def fd_cnn_pair(A, S, Y, s_c, s_ssl, eps=EPS):
