@@ -31,13 +31,14 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.mathjax",
     "ccledu_links",
+    "notebook_markdown",
     "offline_mathjax",
 ]
 
 # Only these files form the book; everything else in the repository is ignored.
 include_patterns = ["book/*.md", "chapters/*.ipynb", "chapters/README.md", "docs/*.md"]
 exclude_patterns = ["book/_build", "**/.ipynb_checkpoints", ".git", "runs", "student",
-                    "data", "benchmarks", "build", "dist", "docs/book-screenshots"]
+                    "data", "benchmarks", "build", "dist"]
 
 # --- notebooks -------------------------------------------------------------------------
 nb_execution_mode = "cache"
@@ -57,6 +58,7 @@ nb_output_stderr = "remove-warn"                   # progress bars on stderr are
 
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
 myst_heading_anchors = 3
+myst_dmath_double_inline = True                    # "text\n$$ x $$" as JupyterLab renders it
 
 # --- maths: MathJax 3 served from the site itself (no CDN) ----------------------------
 # offline_mathjax copies MathJax 3.2.2 (SVG output, shipped by the PyPI package

@@ -10,7 +10,7 @@ not run again. MathJax is served from the site itself, so the maths renders offl
 ``ccledu book check`` serves a built site on 127.0.0.1 and visits every internal page in
 headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by Selenium) with every
 outside host unresolvable. It fails on a page that does not load, maths that MathJax did not
-typeset (or left as raw ``$$``), an image that did not load (``naturalWidth == 0``), an internal
+typeset (or left as raw ``$$``, or HTML typeset as symbols), an image that did not load (``naturalWidth == 0``), an internal
 link or ``#anchor`` that leads nowhere, a request to another host, or a browser console error.
 It can also save screenshots of a page with maths and a page with figures.
 
@@ -187,9 +187,17 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)   # the browser hung up: not a fault
+
+
 def _serve(site: Path):
     handler = functools.partial(_QuietHandler, directory=str(site))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _QuietServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/"
 
@@ -216,6 +224,9 @@ function report() {
       typeset: document.querySelectorAll('mjx-container').length,
       mathErrors: document.querySelectorAll('mjx-merror, [data-mjx-error]').length,
       untypeset: Array.from(mathNodes).filter(e => !e.querySelector('mjx-container')).length,
+      htmlInTex: (window.MathJax && MathJax.startup && MathJax.startup.document
+                  ? Array.from(MathJax.startup.document.math).map(m => m.math)
+                  : []).filter(t => /<!--|-->|<\/?[a-z]+[ >]/i.test(t)).slice(0, 5),
       raw: raw,
       images: imgs.map(i => ({src: i.currentSrc || i.src, ok: i.complete && i.naturalWidth > 0,
                               width: i.naturalWidth})),
@@ -313,6 +324,9 @@ def check_site(site: Path | str, screenshots: Path | str | None = None,
             if info["untypeset"]:
                 problems.append(f"{where}: {info['untypeset']} of {info['math']} maths elements "
                                 "were not typeset by MathJax")
+            if info["htmlInTex"]:
+                problems.append(f"{where}: HTML inside a formula, typeset as symbols: "
+                                f"{info['htmlInTex'][0][:80]!r}")
             if info["mathErrors"]:
                 problems.append(f"{where}: {info['mathErrors']} MathJax errors")
             if info["raw"]:
