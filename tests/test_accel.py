@@ -110,12 +110,29 @@ def test_tiles_measure_their_first_calls_then_keep_one(monkeypatch):
     kept (and recorded) for that kernel and input size."""
     x = np.zeros((8, 64, 32, 32), np.float32)          # 2 MB
     seen = []
-    for _ in range(2 * accel.TRIALS + 3):
+    for _ in range(2 * accel.TRIALS + 4):
         seen.append(len(list(accel.tiles("demo", x))))
-    assert seen[:2 * accel.TRIALS].count(1) == accel.TRIALS    # 'whole' yields one tuple
-    assert len(set(seen[2 * accel.TRIALS:])) == 1
+    assert seen[1:1 + 2 * accel.TRIALS].count(1) == accel.TRIALS    # "whole" yields one tuple
+    assert len(set(seen[1 + 2 * accel.TRIALS:])) == 1
     rec = accel.choices()["demo@2MB"]
     assert rec["use"] in ("whole", "blocks") and set(rec["ms"]) == {"whole", "blocks"}
     # small arrays always run whole, with nothing recorded
     assert len(list(accel.tiles("demo", np.zeros((2, 2, 8, 8), np.float32)))) == 1
     assert list(accel.choices()) == ["demo@2MB"]
+
+
+@pytest.mark.parametrize("stride,pad", [(1, 1), (2, 0)])
+def test_blocked_im2col_col2im_are_bit_identical_to_whole(monkeypatch, stride, pad):
+    from ccledu.im2col import col2im, im2col
+    g = np.random.default_rng(4)
+    x = g.standard_normal((16, 24, 20, 20)).astype(np.float32)     # 0.6 MB; cols 5 MB
+    res = {}
+    for cand in ("whole", "blocks"):
+        monkeypatch.setenv("CCLEDU_KERNELS", f"im2col={cand},col2im={cand}")
+        accel.reset()
+        cols = im2col(x, 3, 3, stride, pad)
+        G = np.asarray(g.standard_normal(cols.shape), np.float32) if cand == "whole" else G
+        res[cand] = (np.ascontiguousarray(cols), np.ascontiguousarray(col2im(G.T.copy().T, x.shape, 3, 3, stride, pad)))
+        assert {k.split("@")[0] for k in accel.choices()} >= {"col2im"}
+    for a, b in zip(res["whole"], res["blocks"]):
+        assert a.tobytes() == b.tobytes()
