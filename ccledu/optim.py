@@ -182,9 +182,12 @@ class Optimizer:
                     raise ValueError(f"gradient {pname!r} has shape {tuple(g.shape)} but the "
                                      f"parameter has shape {tuple(p.shape)}")
                 xp = get_array_module(p, g)
-                g = xp.array(g, dtype=p.dtype, copy=True)
-                if factor != 1.0:
-                    g *= factor
+                if factor != 1.0 and g.dtype == p.dtype:
+                    g = g * factor                      # the copy and the scaling in one pass
+                else:
+                    g = xp.array(g, dtype=p.dtype, copy=True)
+                    if factor != 1.0:
+                        g *= factor
                 # (2) gradient centralization
                 if group.centralize and g.ndim > 1:
                     g -= g.mean(axis=tuple(range(1, g.ndim)), keepdims=True)
@@ -222,8 +225,10 @@ class Optimizer:
                     else:
                         buf *= group.momentum
                         buf += g
-                    g = buf
-                p -= group.lr * g
+                    p -= group.lr * buf
+                else:
+                    g *= group.lr                   # g is this step's own copy: scale it in place
+                    p -= g
             info[group.name] = {"grad_norm": norm, "clip_coef": coef, "lr": group.lr,
                                 "warmup_factor": factor}
         self.step_count += 1
