@@ -466,7 +466,7 @@ def _macs(model: str, data: str) -> int:
     return sum(int(np.prod(p.shape)) for k, p in m.parameters().items() if k.endswith("weight"))
 
 
-def cost_lines(seconds: dict, fig7_secs: list) -> list:
+def cost_lines(seconds: dict, fig7_secs: list, out: Path = PROTOCOL) -> list:
     every = [s for v in seconds.values() for s in v] + list(fig7_secs)
     if not every:
         return []
@@ -482,11 +482,21 @@ def cost_lines(seconds: dict, fig7_secs: list) -> list:
     per_data = sum(PAPER_GRID[r] * seeds * per_rule[r] for r in PAPER_GRID)
     total = 2 * per_data + 2 * per_data * cifar_factor
     fig7 = 30 * per_rule["ccl"]
+    invocations = []
+    for log in sorted(Path(out).glob("*/sweep_log.jsonl")):
+        for line in log.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e.get("ran"):
+                invocations.append(f"{log.parent.name}: {e['started']} to {e['ended']}, "
+                                   f"{e['executor']}, {e['ran']} run(s)")
     lines = ["## Cost of the sweeps", "",
-             f"Wall time per 100-epoch run (`total_seconds` of the runs' metrics.json), measured "
-             f"with ONE worker (a local process pool of 1 process, 1 BLAS thread, `nice -n 19`) on "
-             f"the 2-core machine of 'Where and how' in the Table 1 report, which other jobs "
-             f"shared; a dedicated core is faster.", "",
+             "Wall time per 100-epoch run (`total_seconds` of the runs' metrics.json). Workers "
+             "used, from the sweeps' `sweep_log.jsonl`: "
+             + ("; ".join(invocations) if invocations else "not logged (runs trained before the "
+                "log existed; see Notes)") + ". The machine of each run is in its metrics.json.", "",
              "| rule | runs | mean s per run | min | max |", "|---|---|---|---|---|"]
     for r, v in seconds.items():
         lines.append(f"| {r} | {len(v)} | {np.mean(v):.0f} | {np.min(v):.0f} | {np.max(v):.0f} |")
@@ -540,7 +550,7 @@ def cmd_protocol(args):
         for r, v in secs.items():
             seconds.setdefault(r, []).extend(v)
     f7, f7s = fig7_lines(args.specs, out)
-    lines += f7 + cost_lines(seconds, f7s)
+    lines += f7 + cost_lines(seconds, f7s, out)
     notes = out / "NOTES.md"
     if notes.exists():
         lines += ["## Notes", "", notes.read_text().strip(), ""]

@@ -659,6 +659,27 @@ class Sweep:
         returns {"ran": n, "failed": [(label, error)], "kept": n}."""
         self.root.mkdir(parents=True, exist_ok=True)
         report = {"ran": 0, "failed": [], "kept": 0, "executor": executor.describe()}
+        started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+        try:
+            return self._run(executor, report, only, progress, log)
+        finally:
+            self._log_invocation(report, started, only)
+
+    def _log_invocation(self, report, started, only):
+        """Append one line per invocation to ``<root>/sweep_log.jsonl``: when, on what
+        (executor, workers), what it did; the cost reports read the workers used from it."""
+        entry = {"started": started,
+                 "ended": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                 "executor": report["executor"], "ran": report["ran"], "kept": report["kept"],
+                 "failed": len(report["failed"]), "only": only or "all",
+                 "groups": sorted(self.only_groups) if self.only_groups else "all"}
+        try:
+            with open(self.root / "sweep_log.jsonl", "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+        except OSError:  # pragma: no cover  (the results are in the run folders anyway)
+            pass
+
+    def _run(self, executor, report, only, progress, log) -> dict:
         bar = None
         phases = ["search", "final"] if self.spec["select"] and only != "search" else ["search"]
         for phase in phases:

@@ -114,3 +114,4 @@ def test_protocol_report_from_tiny_sweeps(tmp_path):
     assert "2 of 30 cells run" in report and "Frozen feedback (feedback LR 0): forward 0.8:" in report
     assert (out / "fig7_mnist.png").stat().st_size > 5000
     assert "| bp | 2 |" in report and "Projected cost" in report
+    assert "mnist: " in report and "local process pool, 2 worker(s) × 1 BLAS thread(s), 3 run(s)" in report

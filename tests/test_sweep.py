@@ -126,6 +126,9 @@ def test_resume_redoes_only_missing_or_corrupt_runs(pool_sweep, tmp_path):
     # a third time: nothing to do
     _, report = S.run_sweep(tiny_spec(root), workers=1, threads=1, progress=False, log=lambda *a: None)
     assert report["ran"] == 0 and report["kept"] == 4
+    log = [json.loads(line) for line in (root / "sweep_log.jsonl").read_text().splitlines()]
+    assert [e["ran"] for e in log] == [5, 3, 0]          # the pool run copied here, then ours
+    assert log[-1]["executor"].startswith("local process pool, 1 worker(s)")
 
 
 def _fake_run(root, spec, settings, seed, val_acc, test_acc, val_loss=0.5, status=None):
