@@ -595,7 +595,6 @@ class Sweep:
         sel = self.spec["select"]
         if sel is None:
             return {}
-        better = METRICS[sel["metric"]]
         out = {}
         for g in self.spec["groups"]:
             rows, complete = [], True
@@ -994,14 +993,22 @@ def cmd_sweep(args) -> int:
         for r in todo:
             print(f"missing: {r.label()} -> {r.dir}")
         return 0
-    sweep, report = run_sweep(spec, root=args.out, scheduler=args.scheduler, workers=args.workers,
-                              threads=args.threads, only=args.only, progress=not args.quiet,
-                              data_root=args.data_root, groups=_groups(args),
-                              timeout=args.connect_timeout,
-                              keep_checkpoints=args.keep_checkpoints)
+    try:
+        sweep, report = _run_cli(spec, args)
+    except KeyboardInterrupt:
+        print(f"ccledu sweep: interrupted; finished runs are kept and unfinished ones resume from "
+              f"their checkpoints: run `ccledu sweep {args.spec}` again", file=sys.stderr)
+        return 130
     print(f"{report['ran']} run(s) trained, {report['kept']} kept, {len(report['failed'])} failed; "
           f"tables in {sweep.root}/results.md")
     return 1 if report["failed"] else 0
+
+
+def _run_cli(spec, args):
+    return run_sweep(spec, root=args.out, scheduler=args.scheduler, workers=args.workers,
+                     threads=args.threads, only=args.only, progress=not args.quiet,
+                     data_root=args.data_root, groups=_groups(args), timeout=args.connect_timeout,
+                     keep_checkpoints=args.keep_checkpoints)
 
 
 def _groups(args):
