@@ -6,7 +6,7 @@ differences in float64; the identities that pin the family down are checked on s
 import numpy as np
 import pytest
 
-from ccledu.losses import cross_entropy, softmax, one_hot
+from ccledu.losses import softmax, one_hot
 from ccledu.models import mlp
 from ccledu.rules import get_rule
 from ccledu.rules.dtp import (Map, batchnorm, batchnorm_backward, difference_targets,

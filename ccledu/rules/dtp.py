@@ -65,7 +65,6 @@ overwrites the model's weights in :meth:`setup`, rows or columns orthonormal as
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
