@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from .accel import expm1_nonpositive, expm1_nonpositive_f32, tiles  # noqa: F401  (public name)
+from .accel import expm1_nonpositive, expm1_nonpositive_f32, tiles, zero  # noqa: F401  (public name)
 from .backend import asarray, get_array_module, rng as make_rng
 from .im2col import col2im, conv_output_size, im2col
 
@@ -355,12 +355,12 @@ class Reshape(Layer):
 # Activations
 # --------------------------------------------------------------------------------------------
 
-# Speed note: NumPy 2.x runs xp.maximum(z, 0) with a Python-scalar 0 several times slower than
-# against an array of zeros (the broadcast scalar misses the SIMD loop), so the activations
-# below compare with xp.zeros_like(z). Same values either way.
+# Speed note: the activations compare with zero(z), which is the scalar 0 or an array of zeros,
+# whichever this CPU runs faster (NumPy's scalar-operand loop is SIMD on some CPUs and a slow
+# broadcast loop on others; see ccledu.accel.zero). Same values either way.
 
 def _relu(xp, z):
-    return xp.maximum(z, xp.zeros_like(z))
+    return xp.maximum(z, zero(z))
 
 
 def _relu_grad(xp, z, a):
@@ -370,10 +370,10 @@ def _relu_grad(xp, z, a):
 def _elu(xp, z):
     # α = 1. ELU(z) = max(z, 0) + expm1(min(z, 0)): one of the two terms is always 0, and
     # expm1 never sees a large positive z (no overflow).
-    zero = xp.zeros_like(z)
-    a = xp.minimum(z, zero)
+    z0 = zero(z)
+    a = xp.minimum(z, z0)
     a = expm1_nonpositive(a)     # = xp.expm1(a); float32 NumPy: the kernel measured fastest here
-    a += xp.maximum(z, zero)
+    a += xp.maximum(z, z0)
     return a
 
 
@@ -381,7 +381,7 @@ def _elu_grad(xp, z, a):
     ### BEGIN SOLUTION  Task 1.4: ELU derivative
     # σ'(z) = 1 for z > 0 and e^z = a + 1 otherwise; since a > 0 exactly when z > 0,
     # both cases read min(a, 0) + 1.
-    d = xp.minimum(a, xp.zeros_like(a))
+    d = xp.minimum(a, zero(a))       # zero(a): 0, as a scalar or an array (ccledu.accel)
     d += 1
     return d
     ### END SOLUTION

@@ -136,3 +136,22 @@ def test_blocked_im2col_col2im_are_bit_identical_to_whole(monkeypatch, stride, p
         assert {k.split("@")[0] for k in accel.choices()} >= {"col2im"}
     for a, b in zip(res["whole"], res["blocks"]):
         assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zero_scalar_and_array_give_the_same_bits(monkeypatch, dtype):
+    """Activations compare with accel.zero(z): the scalar and the array candidate give the same
+    bits for max and min (NaN, ±0, ±inf included), and so the same ELU and ReLU."""
+    from ccledu.layers import Activation
+    z = np.array([-0.0, 0.0, np.nan, -1.5, 2.5, -np.inf, np.inf, 1e-40, -1e-40] * 50, dtype=dtype)
+    out = {}
+    for cand in ("default", "array"):
+        monkeypatch.setenv("CCLEDU_KERNELS", f"zero={cand}")
+        accel.reset()
+        zz = accel.zero(z)
+        assert (np.ndim(zz) == 0) == (cand == "default")
+        elu, relu = Activation("elu"), Activation("relu")
+        out[cand] = [np.maximum(z, zz), np.minimum(z, zz), elu.forward(z), relu.forward(z),
+                     elu.backward(np.ones_like(z))]
+    for a, b in zip(out["default"], out["array"]):
+        assert a.tobytes() == b.tobytes()
