@@ -291,3 +291,114 @@ def test_diagnostics_train_nothing_and_the_top_target_follows_the_gradient():
     L = len(model.blocks)
     assert d[f"target_bp/{L - 1}"] < 1e-5 and d[f"align_bp/{L - 1}"] < 1e-5   # exact at the top
     assert set(d) == {f"{k}/{l}" for k in ("target_bp", "align_bp") for l in range(L)}
+
+
+# -------------------------------------------------------------------------------------------
+# agreement with the public code's algorithm (re-expressed here in PyTorch autograd, float64)
+# -------------------------------------------------------------------------------------------
+
+def _torch_public_step(Ws, Qs, x, y, method, beta, lr, lrb, iters, noises, bn):
+    """One mini-batch of the public TP code's algorithm (Shibuya et al., tp_net.py), written with
+    torch autograd: `iters` feedback updates (Q ← Q − lrb/N ∇ of the summed loss), targets from
+    the summed cross-entropy's gradient, W ← W − lr/N ∇Σ‖t − a‖². Returns (new W list, new Q)."""
+    import torch
+    L = len(Ws)
+    W = [torch.tensor(w, requires_grad=True) for w in Ws]
+    Q = [None] + [torch.tensor(q, requires_grad=True) for q in Qs[1:]]
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    N = x.shape[0]
+
+    def norm(v):
+        return (v - v.mean(0)) / (v.std(0) + 1e-12) if bn else v
+
+    def f(l, h):
+        z = h @ W[l].T
+        return norm(z if l == L - 1 else torch.tanh(z))
+
+    def g(l, s):
+        return norm(torch.tanh(s @ Q[l].T))
+
+    def diff(l, v, a):
+        with torch.no_grad():
+            rec = g(l, f(l, a))
+        return norm(v + (a - rec))
+
+    def forward():
+        outs, h = [], xt
+        for l in range(L):
+            h = f(l, h)
+            outs.append(h)
+        return outs
+
+    for _ in range(iters if method != "fwdtp" else 0):
+        outs = forward()
+        for d in range(L - 1, 0, -1):
+            nz = {k: torch.tensor(v) for k, v in next(noises).items()}
+            a = outs[d - 1].detach()
+            if method == "dtp":
+                q = a + nz["q"]
+                loss = ((g(d, f(d, q)) - q) ** 2).sum()
+            elif method == "drl":
+                q = a + nz["q"]
+                for j in range(d, L):
+                    q = f(j, q)
+                for j in range(L - 1, d - 1, -1):
+                    q = diff(j, g(j, q), outs[j - 1].detach())
+                loss = ((a - q) ** 2).sum()
+            else:
+                q = a + nz["q"]
+                q_rec = diff(d, g(d, f(d, q)), a)
+                r_rec = diff(d, g(d, f(d, a) + nz["r"]), a)
+                loss = -((q - a) * (q_rec - a)).sum() + ((r_rec - a) ** 2).sum() / 2
+            (gq,) = torch.autograd.grad(loss, [Q[d]])
+            Q[d] = (Q[d] - lrb / N * gq).detach().requires_grad_()
+    outs = forward()
+    logits = outs[-1]
+    (gz,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, yt, reduction="sum"), [logits])
+    with torch.no_grad():
+        t = [None] * L
+        t[-1] = logits - beta * gz
+        for d in range(L - 2, -1, -1):
+            t[d] = diff(d + 1, g(d + 1, t[d + 1]), outs[d])
+    outs = forward()
+    newW = []
+    for d in range(L):
+        (gw,) = torch.autograd.grad(((t[d] - outs[d]) ** 2).sum(), [W[d]], retain_graph=True)
+        newW.append((W[d] - lr / N * gw).detach().numpy())
+    return newW, [None] + [q.detach().numpy() for q in Q[1:]]
+
+
+@pytest.mark.parametrize("name,bn", [("dtp", False), ("dtp", True), ("drl", False), ("drl", True),
+                                     ("ldrl", False), ("ldrl", True), ("fwdtp", True), ("fwdtp", False)])
+def test_one_step_equals_the_public_codes_algorithm(name, bn):
+    """ccledu's step + SGD (rate lr on the mean losses, the rule's own feedback SGD) gives the same
+    forward and feedback weights as the public code's algorithm with the same noise."""
+    pytest.importorskip("torch")          # torch is an optional extra; the FD tests above do not need it
+    from ccledu.optim import Optimizer, ParamGroup
+    beta, lr, lrb, iters = 0.3, 0.5, 0.2, 2
+    model, rule, x, y = _setup(name, sizes=(8, 6, 6, 5, 4), N=16, stepsize=beta, lr_backward=lrb,
+                               feedback_iters=iters, noise_std=0.1, batchnorm=bn)
+    for Q in rule.Q.values():
+        Q[...] = 0.5 * np.random.default_rng(9).standard_normal(Q.shape)
+    Ws = [b.main.params["weight"].copy() for b in model.blocks]
+    Qs = [None] + [rule.Q[f"feedback.{l}.weight"].copy() for l in range(1, len(model.blocks))]
+    drawn = []
+    original = rule.draw_noise
+
+    def recording(acts, l):
+        nz = original(acts, l)
+        drawn.append({k: v.copy() for k, v in nz.items()})
+        return nz
+    rule.draw_noise = recording
+    opt = Optimizer([ParamGroup("forward", model.parameters(), lr=lr, momentum=0.0, clip=0.0)])
+    opt.step(rule.step(model, x, y).grads)
+    newW, newQ = _torch_public_step(Ws, Qs, x, y, name, beta, lr, lrb, iters, iter(drawn), bn)
+    for l, b in enumerate(model.blocks):          # compare the updates themselves
+        mine, theirs = b.main.params["weight"] - Ws[l], newW[l] - Ws[l]
+        assert np.linalg.norm(theirs) > 1e-6 and grad_rel_error(mine, theirs) < 1e-9, ("W", l)
+    for l in range(1, len(model.blocks)):
+        mine, theirs = rule.Q[f"feedback.{l}.weight"] - Qs[l], newQ[l] - Qs[l]
+        if name == "fwdtp":
+            assert np.abs(mine).max() == 0 and np.abs(theirs).max() == 0
+        else:
+            assert np.linalg.norm(theirs) > 1e-12 and grad_rel_error(mine, theirs) < 1e-9, ("Q", l)
