@@ -76,3 +76,23 @@ def test_drtp_learns_mnist_subset():
                  limit_train=4000, limit_test=1000), progress=False)
     assert m["test_accuracy"] > 0.75, m["test_accuracy"]
     assert m["config"]["activation"] == "tanh" and m["config"]["batch_size"] == 100
+
+
+def test_hidden_updates_are_the_public_codes_divided_by_n():
+    """The public code replaces ∂L/∂a_l by Y·D (a tensor hook, no 1/N); re-expressed in PyTorch
+    autograd, its hidden-layer gradients are N times ccledu's."""
+    torch = pytest.importorskip("torch")
+    model, rule, x, y = _setup(N=9)
+    res = rule.step(model, x, y)
+    N, L = x.shape[0], len(model.blocks)
+    W = [torch.tensor(b.main.params["weight"], requires_grad=True) for b in model.blocks]
+    Y = torch.tensor(one_hot(y, 4, np.float64))
+    h = torch.tensor(x)
+    for l in range(L - 1):
+        h = torch.tanh(h @ W[l].T)
+        D = torch.tensor(rule.fixed[f"fixed.{l}.weight"])
+        h.register_hook(lambda grad, D=D: Y @ D.T)       # the code's hook: the gradient becomes Y·Dᵀ
+    out = torch.sigmoid(h @ W[L - 1].T)
+    torch.nn.functional.binary_cross_entropy(out, Y).backward()
+    for l in range(L - 1):
+        assert grad_rel_error(res.grads[f"forward.{l}.weight"] * N, W[l].grad.numpy()) < 1e-12
