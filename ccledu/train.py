@@ -484,6 +484,15 @@ def load_checkpoint(path) -> tuple[dict, dict]:
     return state, arrays
 
 
+def _checkpoint_epoch(path, default=None):
+    """The epoch recorded in the checkpoint file at ``path`` (``default`` if unreadable)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return int(json.loads(str(z["state"]))["epoch"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return default
+
+
 def _apply_checkpoint(state, arrays, model, rule, optimizer, gen):
     """Load a checkpoint's arrays and states into live objects; returns (history, best)."""
     def group(prefix):
@@ -916,6 +925,8 @@ def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_st
             raise
         except KeyboardInterrupt:
             done = len(history)
+            if ck_path is not None:           # a signal may land between the rename and the
+                last_ck[0] = _checkpoint_epoch(ck_path, last_ck[0])   # bookkeeping: ask the file
             record(partial("interrupted", message=f"interrupted by the user after epoch {done}"))
             if rundir is not None and last_ck[0] is not None:
                 hint = (f"checkpoint of epoch {last_ck[0]} in {ck_path}; continue with: "
