@@ -177,6 +177,12 @@ def _selected(name: str, only) -> bool:
     return any("/".join(parts[:k]) in only for k in range(1, len(parts) + 1))
 
 
+def _on(selected: bool, grad):
+    """``grad`` when its term is selected, else zeros: float(selected)·grad without the pass
+    (1·g is g exactly)."""
+    return grad if selected else grad * 0
+
+
 def _on_device_of(array, like, dtype):
     """``array`` moved to the back-end that holds ``like`` (the model's weights), as ``dtype``."""
     return asarray(array, dtype=dtype, backend="cupy" if is_cupy_array(like) else "numpy")
@@ -336,8 +342,8 @@ class CCL(Rule):
         ssl_s, dSh_s = gram_loss(Sh, self.ssl_scale)
         p = f"pair/{l}"
         use = {k: _selected(f"{p}/{k}", only) for k in ("cross", "ssl_a", "ssl_s")}
-        dAh = float(use["cross"]) * dAh_c + float(use["ssl_a"]) * dAh_a
-        dSh = float(use["cross"]) * dSh_c + float(use["ssl_s"]) * dSh_s
+        dAh = _on(use["cross"], dAh_c) + _on(use["ssl_a"], dAh_a)
+        dSh = _on(use["cross"], dSh_c) + _on(use["ssl_s"], dSh_s)
         terms = {p: cross + ssl_a + ssl_s, f"{p}/cross": cross, f"{p}/ssl_a": ssl_a,
                  f"{p}/ssl_s": ssl_s}
         return terms, normalize_rows_backward(dAh, Ah, rA), normalize_rows_backward(dSh, Sh, rS)
