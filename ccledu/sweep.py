@@ -287,12 +287,18 @@ def config_hash(config: dict) -> str:
 
 def resolve_settings(settings: dict) -> dict:
     """TrainConfig fields -> the resolved config as a dict (``out`` None)."""
-    from .train import TrainConfig, resolve
+    from . import train as T
 
     try:
-        cfg = resolve(TrainConfig.from_dict({k: v for k, v in settings.items() if k != "out"}))
-    except TypeError as e:
-        raise SpecError(f"bad training settings {settings}: {e}") from None
+        cfg = T.TrainConfig.from_dict({k: v for k, v in settings.items() if k != "out"})
+        check = getattr(T, "validate", None)          # range checks, where train.py has them
+        cfg = T.resolve(check(cfg) if check else cfg)
+        if check:
+            cfg = check(cfg)
+    except (TypeError, ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        shown = {k: v for k, v in settings.items() if k not in ("out", "data_root")}
+        raise SpecError(f"a run of the sweep has bad settings ({msg}); its settings: {shown}") from None
     d = dataclasses.asdict(cfg)
     d["out"] = None
     return d

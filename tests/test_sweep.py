@@ -274,6 +274,8 @@ def test_run_ids_are_canonical(tmp_path):
     ('[select]\nmetric = "test_accuracy"\n', "choose one of ['val_accuracy', 'val_loss']"),
     ('bogus = 1\n', "unknown keys ['bogus']"),
     ('[base\n', "could not be parsed"),
+    ('[[groups]]\nname = "g"\ngrid = { lr_forward = [0.1, -1.0] }\n', "lr_forward (--lr-forward) must be"),
+    ('[base]\nrule = "nope"\n', "a run of the sweep has bad settings"),
 ])
 def test_spec_errors_are_clear(tmp_path, text, message):
     p = tmp_path / "bad.toml"
