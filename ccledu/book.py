@@ -288,6 +288,7 @@ def check_site(site: Path | str, screenshots: Path | str | None = None,
     linked_from: dict[str, str] = {}
     fragments: list[tuple[str, str, str]] = []
     queue = [base + start, base + "index.html"]
+    prev = None          # the page last visited: late console errors belong to it
     try:
         while queue:
             url = queue.pop(0)
@@ -308,6 +309,7 @@ def check_site(site: Path | str, screenshots: Path | str | None = None,
                 pages[url] = None
                 problems.append(f"broken link to {path} on {linked_from.get(url, '?')}")
                 continue
+            prev = _late_console(driver, prev, problems)
             driver.get(url)
             if driver.current_url.partition("#")[0] != url:      # a redirect page
                 pages[url] = {"redirect": driver.current_url}
@@ -320,7 +322,7 @@ def check_site(site: Path | str, screenshots: Path | str | None = None,
             info["console"] = [e["message"] for e in driver.get_log("browser")
                                if e.get("level") == "SEVERE" and _is_fault(e["message"])]
             pages[url] = info
-            where = path
+            where = prev = path
             if info["untypeset"]:
                 problems.append(f"{where}: {info['untypeset']} of {info['math']} maths elements "
                                 "were not typeset by MathJax")
@@ -348,6 +350,7 @@ def check_site(site: Path | str, screenshots: Path | str | None = None,
                 if target not in pages and target not in files:
                     linked_from.setdefault(target, where)
                     queue.append(target)
+        _late_console(driver, prev, problems)
         for target, frag, where in fragments:
             info = pages.get(target)
             if info and "ids" in info and frag not in info["ids"]:
@@ -361,6 +364,15 @@ def check_site(site: Path | str, screenshots: Path | str | None = None,
         shutil.rmtree(profile, ignore_errors=True)
     return {"pages": pages, "files": files, "problems": sorted(set(problems)),
             "seconds": time.perf_counter() - t0, "screenshots": shots, "base": base}
+
+
+def _late_console(driver, where, problems):
+    """Console errors that arrived after a page reported (a lazy image failing late) are the
+    previous page's: read them before leaving it."""
+    for e in driver.get_log("browser"):
+        if where and e.get("level") == "SEVERE" and _is_fault(e["message"]):
+            problems.append(f"{where}: browser console error: {e['message']}")
+    return where
 
 
 def _screenshots(driver, pages: dict, folder: Path) -> list[Path]:
