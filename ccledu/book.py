@@ -163,10 +163,10 @@ def find_browser() -> tuple[str, str]:
 
 
 def _chrome(width: int = 1280, height: int = 900):
+    chromium, driver = find_browser()          # raises BrowserMissing, also without selenium
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    chromium, driver = find_browser()
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
     profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"ccledu-chromium-{os.getpid()}"
@@ -279,6 +279,9 @@ def check_site(site: Path | str, screenshots: Path | str | None = None,
     site = Path(site)
     if not (site / start).is_file():
         raise BookError(f"{site / start} does not exist: build the book first (ccledu book build)")
+    find_browser()
+    from selenium.common.exceptions import TimeoutException
+
     t0 = time.perf_counter()
     server, base = _serve(site)
     driver, profile = _chrome()
@@ -310,7 +313,12 @@ def check_site(site: Path | str, screenshots: Path | str | None = None,
                 problems.append(f"broken link to {path} on {linked_from.get(url, '?')}")
                 continue
             prev = _late_console(driver, prev, problems)
-            driver.get(url)
+            try:
+                driver.get(url)
+            except TimeoutException:
+                pages[url] = None
+                problems.append(f"{path}: did not load within {page_timeout:.0f} s")
+                continue
             if driver.current_url.partition("#")[0] != url:      # a redirect page
                 pages[url] = {"redirect": driver.current_url}
                 target = driver.current_url.partition("#")[0]
@@ -318,7 +326,13 @@ def check_site(site: Path | str, screenshots: Path | str | None = None,
                     linked_from.setdefault(target, path)
                     queue.append(target)
                 continue
-            info = driver.execute_async_script(_PAGE_JS)
+            try:
+                info = driver.execute_async_script(_PAGE_JS)
+            except TimeoutException:
+                pages[url] = None
+                problems.append(f"{path}: its images or maths did not finish within "
+                                f"{page_timeout:.0f} s")
+                continue
             info["console"] = [e["message"] for e in driver.get_log("browser")
                                if e.get("level") == "SEVERE" and _is_fault(e["message"])]
             pages[url] = info
