@@ -10,8 +10,9 @@ not run again. MathJax is served from the site itself, so the maths renders offl
 ``ccledu book check`` serves a built site on 127.0.0.1 and visits every internal page in
 headless Chromium (Debian's ``chromium`` and ``chromium-driver``, driven by Selenium) with every
 outside host unresolvable. It fails on a page that does not load, maths that MathJax did not
-typeset (or left as raw ``$$``, or HTML typeset as symbols), an image that did not load (``naturalWidth == 0``), an internal
-link or ``#anchor`` that leads nowhere, a request to another host, or a browser console error.
+typeset (or left as raw ``$$``, or HTML typeset as symbols), an image that did not load
+(``naturalWidth == 0``), an internal link or ``#anchor`` that leads nowhere, a request to
+another host, or a browser console error.
 It can also save screenshots of a page with maths and a page with figures.
 
 Both need the ``book`` extra: ``pip install -e ".[book]"`` from a checkout (the book's sources
@@ -19,7 +20,6 @@ are the checkout's chapters and docs, so an installed wheel alone cannot build i
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import http.server
 import os

@@ -109,7 +109,8 @@ def test_notebooks_extra_in_a_fresh_venv(tmp_path):
         deadline = time.time() + 120
         while time.time() < deadline and server.poll() is None:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents", timeout=5) as r:
+                url = f"http://127.0.0.1:{port}/api/contents"
+                with urllib.request.urlopen(url, timeout=5) as r:
                     listing = json.load(r)
                 break
             except OSError:
