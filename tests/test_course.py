@@ -8,6 +8,7 @@
 """
 import ast
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -295,24 +296,65 @@ def test_every_task_cell_is_followed_by_a_check_cell(chapter):
                 f"{chapter} cell {i}: the last statement must be a check call (which returns None)"
 
 
-def _pytest_marker(repo: Path, marker: str):
+def _pytest_marker(repo: Path, marker: str, junit: Path | None = None):
+    """Run the grading tests of ``marker`` (the tests/test_exercises*.py files) in ``repo``."""
     env = dict(os.environ, PYTHONPATH=str(repo), OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS", "1"))
+    files = sorted(str(p.relative_to(repo)) for p in (repo / "tests").glob("test_exercises*.py"))
+    extra = [f"--junitxml={junit}"] if junit else []
     return subprocess.run([sys.executable, "-m", "pytest", "-m", marker, "-q", "-p", "no:cacheprovider",
-                           "tests"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+                           *extra, *files], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _failed_tests(junit: Path) -> set:
+    import xml.etree.ElementTree as ET
+    return {f"{c.get('classname')}::{c.get('name')}" for c in ET.parse(junit).getroot().iter("testcase")
+            if c.find("failure") is not None or c.find("error") is not None}
+
+
+#: a constant "solution" for each package task, replacing its ``raise NotImplementedError(...)``
+ZERO_STUBS = {
+    "1.3": ('self.grads["weight"] = 0 * self.params["weight"]\n'
+            'if self.has_bias:\n    self.grads["bias"] = 0 * self.params["bias"]\n'
+            'return None if not need_dx else 0 * (dy @ self.params["weight"])'),
+    "1.4": "return xp.zeros_like(a)",
+    "2.3": "col[...] = 0",
+    "2.4": "pass",
+    "2.5": "dx[...] = 0",
+    "5.2": "return 0.0, 0 * A, 0 * S",
+    "6.3": "return xp.zeros_like(dU)",
+    "6.4": "return 0.0, xp.zeros_like(X)",
+    "7.2": "return xp.zeros_like(g)",
+}
 
 
 @pytest.mark.parametrize("num", PACKAGE_CHAPTERS)
 def test_marker_tests_fail_in_student_copy_and_pass_on_reference(reference, tmp_path, num):
     """``pytest -m chNN`` fails in a student copy, naming every package task of the chapter, and
-    passes on the reference."""
+    passes on the reference. No partial credit for a stub: every test that fails while the tasks
+    raise ``NotImplementedError`` (every test that exercises them) still fails when each task
+    returns zeros of the right shape."""
     tasks = [t for t in find_tasks(reference) if t.path.startswith("ccledu/") and t.chapter == str(num)]
+    assert all(t.id in ZERO_STUBS for t in tasks), "add a constant stub for every package task"
     dst = tmp_path / "student"
     make_student(reference, dst, tasks=[t.id for t in tasks])
-    res = _pytest_marker(dst, f"ch{num:02d}")
+    zero = tmp_path / "zero"
+    shutil.copytree(dst, zero, symlinks=True)
+    res = _pytest_marker(dst, f"ch{num:02d}", tmp_path / "stub.xml")
     out = res.stdout + res.stderr
     assert res.returncode != 0, out[-3000:]
     for t in tasks:
         assert t.message in out, f"no test names {t.message!r}:\n{out[-3000:]}"
+    for t in tasks:
+        path = zero / t.path
+        text = path.read_text()
+        line = next(l for l in text.splitlines() if f"NotImplementedError({t.message!r})" in l)
+        indent = line[:len(line) - len(line.lstrip())]
+        path.write_text(text.replace(line, "\n".join(indent + l for l in ZERO_STUBS[t.id].split("\n"))))
+    res_zero = _pytest_marker(zero, f"ch{num:02d}", tmp_path / "zero.xml")
+    for bad in ("NameError", "NotImplementedError", "SyntaxError", "IndentationError"):
+        assert bad not in res_zero.stdout, f"the constant stub itself is broken:\n{res_zero.stdout[-3000:]}"
+    passed_by_stub = sorted(_failed_tests(tmp_path / "stub.xml") - _failed_tests(tmp_path / "zero.xml"))
+    assert not passed_by_stub, f"a constant stub passes {passed_by_stub}"
     res = _pytest_marker(reference, f"ch{num:02d}")
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     assert " passed" in res.stdout
@@ -323,3 +365,66 @@ def test_every_check_returns_none():
     import inspect
     for name, fn in check.CHECKS.items():
         assert inspect.signature(fn).return_annotation in (None, "None"), name
+
+
+def test_twins_go_together_and_their_sources_are_withheld(reference, tmp_path):
+    """Handing out the package task 5.2 also stubs its notebook twin 5.1, withholds the cells
+    showing match_loss and the boxed gradients; handing out 5.1 stubs 5.2 in the package."""
+    for asked in ("5.2", "5.1"):
+        dst = tmp_path / f"s{asked}"
+        done = {t.id for t in make_student(reference, dst, tasks=asked)}
+        assert done == {"5.1", "5.2"}
+        nb = (dst / "chapters" / "05_ccl_mlp.ipynb").read_text()
+        assert "raise NotImplementedError('Task 5.1" in nb and "show(match_loss)" not in nb
+        assert "withheld: deriving this is part of Task 5.1" in nb
+        assert "raise NotImplementedError('Task 5.2" in (dst / "ccledu" / "rules" / "ccl.py").read_text()
+        other = (dst / "chapters" / "09_comparing_rules.ipynb").read_text()
+        assert "show(metrics.linear_cka)" in other            # a task not handed out keeps its cells
+
+
+def test_nbgrader_export_keeps_only_the_assignment(reference, tmp_path):
+    from ccledu.course import export_nbgrader
+    written = export_nbgrader(reference, tmp_path / "course", "hw", tasks="9.2")
+    assert [p.name for p in written] == ["09_comparing_rules.ipynb"]
+    assert (tmp_path / "course" / "nbgrader_config.py").exists()
+    cells = json.loads(written[0].read_text())["cells"]
+    graded = {c["metadata"]["nbgrader"]["grade_id"] for c in cells if "nbgrader" in c.get("metadata", {})}
+    assert graded == {"task-9-2", "check-9-2", "check-9-3", "answers-9"}
+    text = json.dumps(cells)
+    assert "### BEGIN SOLUTION" in text and "BEGIN HIDDEN TESTS" in text   # for nbgrader to strip
+    assert "Task 9.1: linear CKA" in text and "raise NotImplementedError" not in text  # 9.1 given
+    with pytest.raises(ValueError, match="no notebook task"):
+        export_nbgrader(reference, tmp_path / "c2", "hw", tasks="2.5")   # no notebook twin
+
+
+def test_answer_key_covers_every_task_and_question():
+    from ccledu.course import answer_key
+    key = answer_key(ROOT)
+    for t in find_tasks(ROOT):
+        if t.path.endswith(".ipynb"):
+            assert f"### Task {t.id}:" in key, t.id
+        else:
+            assert f"*Package task {t.id}*" in key, t.id
+    for path in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb")):
+        cells = json.loads(path.read_text())["cells"]
+        if any(c["cell_type"] == "markdown" and c.get("metadata", {}).get("nbgrader", {}).get("solution")
+               for c in cells):
+            title = "".join(cells[0]["source"]).splitlines()[0].lstrip("# ").strip()
+            part = key.split(f"## {title}", 1)[1].split("\n## ", 1)[0]
+            assert "### Model answers to the questions" in part and "1. " in part, path.name
+
+
+@pytest.mark.parametrize("chapter", [f"{n:02d}" for n in range(1, 12)])
+def test_chapters_have_objectives_times_answers_and_a_summary(chapter):
+    path = next((ROOT / "chapters").glob(f"{chapter}_*.ipynb"))
+    cells = json.loads(path.read_text())["cells"]
+    md = ["".join(c["source"]) for c in cells if c["cell_type"] == "markdown"]
+    assert "**Learning objectives.**" in md[1] and "**Prerequisites.**" in md[1] and "| part | time | points |" in md[1]
+    assert md[-1].startswith("## Summary")
+    answers = [c for c in cells if c["cell_type"] == "markdown"
+               and c.get("metadata", {}).get("nbgrader", {}).get("solution")]
+    assert len(answers) == 1
+    questions = next(m for m in md if "**Questions.**" in m)
+    n_questions = len(re.findall(r"^\d+\. ", questions, re.M))
+    n_answers = len(re.findall(r"^\d+\. ", "".join(answers[0]["source"]), re.M))
+    assert n_answers == n_questions == answers[0]["metadata"]["nbgrader"]["points"], path.name
