@@ -11,6 +11,7 @@ environment variables read here:
   builds use different directories (the cache key is the code, not the environment).
 """
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -79,15 +80,26 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 
 
-def _docstring_as_text(app, what, name, obj, options, lines):
-    """The package's docstrings are plain text (shapes, equations such as |a - b| / |b|), not
-    reStructuredText: show each one as it is written, in a preformatted block."""
-    if any(line.strip() for line in lines):
-        lines[:] = ["::", ""] + ["    " + line for line in lines] + [""]
+_LITERAL = re.compile(r"(``.+?``)")
+
+
+def _escape_plain_text(text: str) -> str:
+    """Outside ``literals``: a bar is text, not a substitution (|a - b|), and a trailing
+    underscore is part of a name (clip_grad_norm_), not a link."""
+    parts = _LITERAL.split(text)
+    for i in range(0, len(parts), 2):
+        parts[i] = re.sub(r"(\w)_(?=\W|$)", r"\1\\_", parts[i].replace("|", "\\|"))
+    return "".join(parts)
+
+
+def _docstring_fixups(app, what, name, obj, options, lines):
+    """The docstrings are reStructuredText-like prose (``code``, :class:`X`) with plain-text
+    equations; keep the markup, escape what plain text means differently in reST."""
+    lines[:] = [_escape_plain_text(line) for line in lines]
 
 
 def setup(app):
-    app.connect("autodoc-process-docstring", _docstring_as_text)
+    app.connect("autodoc-process-docstring", _docstring_fixups)
 
 # --- HTML -----------------------------------------------------------------------------
 html_theme = "sphinx_book_theme"
