@@ -84,11 +84,14 @@ _LITERAL = re.compile(r"(``.+?``)")
 
 
 def _escape_plain_text(text: str) -> str:
-    """Outside ``literals``: a bar is text, not a substitution (|a - b|), and a trailing
-    underscore is part of a name (clip_grad_norm_), not a link."""
+    """Outside ``literals``: a bar is text, not a substitution (|a - b|), a trailing
+    underscore is part of a name (clip_grad_norm_), not a link, and so is a star that starts a
+    name ((N, *shape)), not emphasis."""
     parts = _LITERAL.split(text)
     for i in range(0, len(parts), 2):
-        parts[i] = re.sub(r"(\w)_(?=\W|$)", r"\1\\_", parts[i].replace("|", "\\|"))
+        part = re.sub(r"(\w)_(?=\W|$)", r"\1\\_", parts[i].replace("|", "\\|"))
+        # a star that opens no emphasis, as in (N, *input_shape): plain text
+        parts[i] = re.sub(r"\*(?=\w)(?![^*\s]*\*)", r"\\*", part)
     return "".join(parts)
 
 
