@@ -114,6 +114,11 @@ def _sync(xp):
         xp.cuda.Stream.null.synchronize()
 
 
+#: the clock of every timing: wall time, or with ``--clock cpu`` the CPU time of the calling
+#: thread (single-threaded runs only: both libraries then compute in this thread)
+CLOCK = time.perf_counter
+
+
 def time_fn(fn, reps: int, warmup: int = 2, sync=lambda: None) -> tuple:
     """(best, median) seconds per call of ``fn`` over ``reps`` calls."""
     for _ in range(warmup):
@@ -121,10 +126,10 @@ def time_fn(fn, reps: int, warmup: int = 2, sync=lambda: None) -> tuple:
     sync()
     times = []
     for _ in range(reps):
-        t = time.perf_counter()
+        t = CLOCK()
         fn()
         sync()
-        times.append(time.perf_counter() - t)
+        times.append(CLOCK() - t)
     return min(times), statistics.median(times)
 
 
@@ -148,10 +153,10 @@ def time_pair(fn_a, fn_b, reps: int, sync_a=lambda: None, sync_b=lambda: None, r
             fn()
             sync()
             for _ in range(k):
-                t = time.perf_counter()
+                t = CLOCK()
                 fn()
                 sync()
-                out.append(time.perf_counter() - t)
+                out.append(CLOCK() - t)
     return (min(ta), statistics.median(ta)), (min(tb), statistics.median(tb))
 
 
@@ -358,6 +363,9 @@ def report(results: dict, path: Path, command: str):
             f"{k}: {v['use']}" + (" (" + ", ".join(f"{c} {ms:.3f}" for c, ms in v["ms"].items()) + ")"
                                   if v.get("ms") else f" ({v.get('why')})")
             for k, v in results["kernels"].items()), ""]
+    if results.get("clock") == "cpu":
+        lines += ["Clock: CPU time of the calling thread (`--clock cpu`, one thread for both "
+                  "libraries), not wall time.", ""]
     if results.get("load_start"):
         lines += [f"Machine load (1/5/15-min load average): {results['load_start']} at the start, "
                   f"{results.get('load_end')} at the end (2 cores: a load above ~1 means other jobs "
@@ -403,6 +411,11 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="3 repetitions, no scaling study")
     p.add_argument("--no-scaling", action="store_true")
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--threads", type=int, default=0, help="threads of both libraries (BLAS via "
+                   "threadpoolctl, torch.set_num_threads); default: every core")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="'cpu': time each call by the CPU time of the calling thread, needs "
+                        "--threads 1; much less disturbed by other jobs on a shared machine")
     p.add_argument("--kind", default="", help="machine-kind suffix of the result files: "
                    "'auto' names them after the CPU (speed_cpu_intel-xeon.json, speed_cpu_amd-epyc.json); "
                    "default: none (speed_cpu.json)")
@@ -421,13 +434,21 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = lambda s: print(s, flush=True)  # noqa: E731
+    global CLOCK
+    if args.clock == "cpu":
+        if args.device != "cpu" or args.threads != 1:
+            p.error("--clock cpu needs --device cpu --threads 1 (the CPU time of one thread)")
+        CLOCK = time.thread_time
+    if args.threads and args.device == "cpu":
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(args.threads)
     try:
         import torch
         if args.device == "cpu":
-            torch.set_num_threads(os.cpu_count())
+            torch.set_num_threads(args.threads or os.cpu_count())
     except ImportError:
         log("PyTorch not installed: timing ccledu alone (pip install torch==2.13.0 for the peer)")
-    results = {"device": args.device, "machine": machine_info(args.device),
+    results = {"device": args.device, "machine": machine_info(args.device), "clock": args.clock,
                "command": "python benchmarks/speed.py " + " ".join(argv or sys.argv[1:])}
     results["load_start"] = [round(v, 2) for v in os.getloadavg()]
     results["peak"] = matmul_peak(args.device)
@@ -436,8 +457,11 @@ def main(argv=None):
                                results["peak"]["peak"], log)
     if not (args.quick or args.no_scaling):
         results["scaling"] = run_scaling(args.device, max(3, reps // 2), log)
-    from ccledu import accel
-    results["kernels"] = accel.choices()
+    try:
+        from ccledu import accel
+        results["kernels"] = accel.choices()
+    except ImportError:                   # a ccledu without accelerators (older checkouts)
+        results["kernels"] = {}
     results["load_end"] = [round(v, 2) for v in os.getloadavg()]
     kind = cpu_kind(results["machine"].get("cpu", "")) if args.kind == "auto" else args.kind
     stem = out / (f"speed_{args.device}_{kind}" if kind else f"speed_{args.device}")
