@@ -224,11 +224,15 @@ def profile(config: str, rule: str, reps: int) -> dict:
 
 
 
-def report(rows, machine: dict, command: str) -> str:
+def report(rows, machine: dict, command: str, load=None) -> str:
     lines = ["# Profile of one training step (ccledu, CPU)", "",
              f"Command: `{command}`", "",
              f"Clock: {'CPU time of the thread' if CLOCK is time.thread_time else 'wall time'}.", "",
-             "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), "",
+             "Machine: " + ", ".join(f"{k} {v}" for k, v in machine.items()), ""]
+    if load:
+        lines += [f"Machine load (1/5/15-min load average): {load[0]} at the start, {load[1]} at the "
+                  "end (2 cores: above ~1, other jobs shared the machine).", ""]
+    lines += [
              "Exclusive time per step in each category (ms, mean over the profiled steps; the "
              "wrappers add a few µs per call). `GEMM alone` re-runs every matrix product of the "
              "step on its own (same shapes and operand layouts): it is the part of `linear` + "
@@ -257,7 +261,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     global CLOCK
     CLOCK = time.thread_time if args.clock == "cpu" else time.perf_counter
+    import os
     from speed import machine_info
+    load0 = [round(v, 2) for v in os.getloadavg()]
     rows = []
     for c in args.configs.split(","):
         for r in args.rules.split(","):
@@ -267,13 +273,17 @@ def main(argv=None):
             print(f"{c:5s} {r:4s} plain {1e3 * row['plain_best_s']:7.2f} ms  profiled "
                   f"{1e3 * row['profiled_mean_s']:7.2f} ms  GEMM alone {1e3 * row['gemm_alone_s']:7.2f}  "
                   + "  ".join(f"{k} {1e3 * v:.2f}" for k, v in cats.items() if v > 5e-5), flush=True)
-    command = "python benchmarks/profile_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(rows, machine_info("cpu"), command)
+    from speed import command_line
+    command = command_line("profile_step.py", argv)
+    load = (load0, [round(v, 2) for v in os.getloadavg()])
+    text = report(rows, {k: v for k, v in machine_info("cpu").items() if not k.startswith("torch")},
+                  command, load)
     if args.out:
         import json
         out = Path(args.out)
         out.write_text(text)
-        out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
+        out.with_suffix(".json").write_text(json.dumps({"command": command, "load": load,
+                                                        "rows": rows}, indent=1))
         print(f"wrote {out}")
     else:
         print(text)

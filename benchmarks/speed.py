@@ -90,6 +90,15 @@ def cpu_details() -> dict:
     return out
 
 
+def command_line(script: str, argv=None) -> str:
+    """How this run was started: the thread/kernel environment variables that are set, then
+    ``python benchmarks/<script> <arguments>``."""
+    env = [f"{k}={os.environ[k]}" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                            "CCLEDU_KERNELS") if k in os.environ]
+    args = list(argv) if argv is not None else sys.argv[1:]
+    return " ".join(env + ["python", f"benchmarks/{script}"] + [str(a) for a in args])
+
+
 def machine_info(device: str) -> dict:
     info = backend_machine_info("cupy" if device == "cuda" else "numpy")
     if device == "cpu":
@@ -449,7 +458,7 @@ def main(argv=None):
     except ImportError:
         log("PyTorch not installed: timing ccledu alone (pip install torch==2.13.0 for the peer)")
     results = {"device": args.device, "machine": machine_info(args.device), "clock": args.clock,
-               "command": "python benchmarks/speed.py " + " ".join(argv or sys.argv[1:])}
+               "command": command_line("speed.py", argv)}
     results["load_start"] = [round(v, 2) for v in os.getloadavg()]
     results["peak"] = matmul_peak(args.device)
     log(f"peak: {results['peak']}")
