@@ -103,7 +103,7 @@ from .layers import Activation, Conv2d, Upsample2d, check_activation
 __all__ = [
     "ConvUnit", "ConvAutoencoder", "CCLAutoencoder", "BPAutoencoder", "AEStep",
     "PRESETS", "AEConfig", "build_autoencoder", "train_autoencoder", "save_reconstructions",
-    "pair_mse", "normalize_maps", "normalize_maps_backward", "add_parser", "main",
+    "pair_mse", "normalize_maps", "normalize_maps_backward", "add_parser",
 ]
 
 #: ε of the per-map normalisation (public code: 1e-8)
@@ -878,13 +878,13 @@ def add_parser(sub):
                                    "(pixels in [0, 1]) and draw reconstructions.")
     p.add_argument("--rule", default="ccl", choices=["ccl", "bp"])
     p.add_argument("--data", default="mnist", help="any dataset ccledu.data loads (default mnist)")
-    from .cli import ranged_type as _rt
+    from .cliargs import ranged_type as _rt
     p.add_argument("--seed", type=_rt(_ranges()["seed"]), default=0)
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS),
                    help="cpu: small net (default); paper: the public code's channels and settings")
     p.add_argument("--channels", default=None,
                    help="encoder channels, comma-separated (cpu 16,32; paper 128,256,1024,2048)")
-    from .cli import ranged_type
+    from .cliargs import ranged_type
     ranges = _ranges()
     for flag, dest, tp, helptext in _FLAGS:
         if dest in ranges:
@@ -930,16 +930,3 @@ def cmd_autoencoder(args) -> int:
     if args.quiet:
         print(f"test_mse {m['test_mse']:.6f}")
     return 0
-
-
-def main(argv=None) -> int:
-    """``python -m ccledu.autoencoder ...``: the ``ccledu autoencoder`` command on its own."""
-    import sys
-
-    from .cli import main as cli_main
-
-    return cli_main(["autoencoder"] + list(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

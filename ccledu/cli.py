@@ -21,7 +21,9 @@ import os
 import sys
 import traceback
 
-from .rules import RULES, rule_class
+from .cliargs import (Parser, UsageError, add_rule_option_flags, collect_rule_options,  # noqa: F401
+                      ranged, ranged_type)
+from .rules import RULES
 
 TRAIN_FIELDS = [
     # (flag, TrainConfig field, type, help)
@@ -47,105 +49,6 @@ TRAIN_FIELDS = [
     ("--out", "out", str, "folder for metrics.json and checkpoint.npz (checked and locked before "
                           "training; an earlier metrics.json is moved to metrics.previous.json)"),
 ]
-
-
-class UsageError(Exception):
-    """A command-line error found by the parser (printed as one line, exit status 2)."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse, with errors as one line (no usage block) raised as :class:`UsageError`."""
-
-    def error(self, message):
-        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
-
-
-def ranged_type(rng, optional: bool = False):
-    """argparse type checking a :class:`ccledu.train.Range` at parse time; with ``optional``,
-    ``none``/``off``/``all`` give None (no limit)."""
-    def parse(text):
-        if optional and str(text).lower() in ("none", "off", "all"):
-            return None
-        try:
-            return rng.check(text, "value", text=True)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {rng.describe()}, got {text!r}") from None
-    parse.__name__ = rng.kind.__name__
-    return parse
-
-
-def ranged(field: str, tp=None):
-    """argparse type for the TrainConfig field ``field`` (:data:`ccledu.train.RANGES`)."""
-    from .train import RANGES
-
-    return ranged_type(RANGES[field], optional=field in ("limit_train", "limit_test"))
-
-
-def _none_or(tp, rng=None):
-    """argparse type of a rule option: ``none``/``null``/``off`` give None; floats must be
-    finite; ``rng`` (a :class:`ccledu.train.Range` a rule may give as the 4th entry of an
-    OPTIONS spec) is checked too."""
-    import math
-
-    def parse(v):
-        if isinstance(v, str) and v.lower() in ("none", "null", "off"):
-            return None
-        if rng is not None:
-            try:
-                return rng.check(v, "value", text=True)
-            except ValueError:
-                raise argparse.ArgumentTypeError(f"must be {rng.describe()}, got {v!r}") from None
-        out = tp(v)
-        if isinstance(out, float) and not math.isfinite(out):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {v!r}")
-        return out
-    parse.__name__ = tp.__name__
-    return parse
-
-
-def _rule_options():
-    """All rules' OPTIONS, merged: option name -> [type, default, help, [rules], range or None]."""
-    merged = {}
-    for name in RULES:
-        try:
-            cls = rule_class(name)
-        except ImportError:
-            continue
-        for opt, spec in (getattr(cls, "OPTIONS", {}) or {}).items():
-            tp, default, helptext = spec[:3]
-            rng = spec[3] if len(spec) > 3 else None
-            if opt in merged:
-                merged[opt][3].append(name)
-            else:
-                merged[opt] = [tp, default, helptext, [name], rng]
-    return merged
-
-
-def add_rule_option_flags(p):
-    group = p.add_argument_group("rule options (each applies to the rules named in brackets)")
-    for opt, (tp, default, helptext, rules, rng) in sorted(_rule_options().items()):
-        flag = "--" + opt.replace("_", "-")
-        text = f"[{', '.join(rules)}] {helptext} (default {default!r})"
-        if tp is bool:
-            group.add_argument(flag, dest="ropt_" + opt, action=argparse.BooleanOptionalAction,
-                               default=argparse.SUPPRESS, help=text)
-        else:
-            group.add_argument(flag, dest="ropt_" + opt, type=_none_or(tp, rng),
-                               default=argparse.SUPPRESS, help=text)
-
-
-def collect_rule_options(args, rule: str) -> dict:
-    cls = rule_class(rule)
-    allowed = set(getattr(cls, "OPTIONS", {}) or {})
-    out = {}
-    for k, v in vars(args).items():
-        if k.startswith("ropt_"):
-            name = k[5:]
-            if name not in allowed:
-                raise ValueError(f"option --{name.replace('_', '-')} does not apply to rule {rule!r}"
-                                 f" (its options: {sorted(allowed) or 'none'})")
-            out[name] = v
-    return out
 
 
 def _add_train(sub):
@@ -268,8 +171,124 @@ def cmd_train(args) -> int:
 _DEFAULTS = {"rule": "bp", "model": "mlp", "data": "mnist", "seed": 0, "dtype": "float32",
              "backend": "numpy"}
 
+# ------------------------------------------------------------------------------------------------
+# ccledu trace / ccledu verify
+# ------------------------------------------------------------------------------------------------
+
+def cmd_trace(args) -> int:
+    import numpy as np
+
+    from .tracing.record import OPT_FIELDS, write_trace
+
+    opts = collect_rule_options(args, args.rule)
+    optimizer = {k: getattr(args, k) for k in ("lr",) + OPT_FIELDS if getattr(args, k, None) is not None}
+    meta = write_trace(args.out, args.rule, args.model, args.batch_size, seed=args.seed,
+                       dtype=args.dtype, activation=args.activation, data=args.data,
+                       rule_options=opts, optimizer=optimizer, bias=bool(args.bias))
+    with np.load(args.out, allow_pickle=False) as z:
+        n = len(z.files) - 1
+    print(f"wrote {args.out}: rule {meta['rule']}, {len(meta['layers'])} blocks, batch "
+          f"{meta['batch_size']}, {meta['dtype']}, {n} arrays")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .tracing.verify import format_report, verify_trace
+
+    report = verify_trace(args.file, rtol=args.rtol, atol=args.atol)
+    print(format_report(report))
+    if report.ok:
+        print(f"OK: {report.summary()}")
+        return 0
+    print(f"MISMATCH: {report.summary()}")
+    return 1
+
+
+def _add_trace(sub) -> None:
+    """Register ``ccledu trace`` and ``ccledu verify``."""
+    from .tracing.record import OPT_FIELDS
+
+    p = sub.add_parser("trace", help="write a trace file: one training step, every tensor",
+                       description="Run one step of a learning rule on a fresh network and write "
+                                   "every tensor (parameters, activations, signals, losses, "
+                                   "gradients, parameters after the update) to an .npz trace file "
+                                   "(format: docs/trace-format.md).")
+    p.add_argument("--rule", required=True, choices=sorted(RULES), help="learning rule")
+    p.add_argument("--model", required=True,
+                   help="a preset (mlp-mnist, cnn-cifar10, ...) or a spec: mlp:20-16-12-10, "
+                        "cnn:3x8x8-c4-c6-10")
+    from .train import RANGES, Range
+
+    nonneg = Range(float, 0)
+    ranges = {"lr": nonneg, "momentum": Range(float, 0, 1, hi_open=True), "weight_decay": nonneg,
+              "clip": nonneg, "warmup": Range(int, 0), "step": Range(int, 0)}
+    p.add_argument("--batch-size", type=ranged_type(RANGES["batch_size"]), default=8,
+                   help="batch size N, an integer >= 1 (default 8)")
+    p.add_argument("--seed", type=ranged_type(RANGES["seed"]), default=0,
+                   help="seed of weights, rule matrices, batch, an integer >= 0 (default 0)")
+    p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    p.add_argument("--out", required=True, help="file to write (.npz)")
+    p.add_argument("--activation", default="elu", help="hidden activation (default elu)")
+    p.add_argument("--bias", action="store_true", help="give every layer a bias (default off)")
+    p.add_argument("--data", default=None,
+                   help="take the first N training examples of this dataset (mnist, fashion-mnist, "
+                        "cifar10, cifar100) instead of random normal inputs")
+    g = p.add_argument_group("optimiser (default: the rule's training defaults for the model kind)")
+    g.add_argument("--lr", type=ranged_type(ranges["lr"]), default=None,
+                   help="learning rate of every group, a finite number >= 0")
+    for f in OPT_FIELDS:
+        if f == "centralize":
+            g.add_argument("--centralize", action=argparse.BooleanOptionalAction,
+                           default=None, help="gradient centralization")
+        else:
+            rng = ranges[next(k for k in ranges if f == k or f.startswith(k + "_"))]
+            helptext = "global step index of this update (warm-up)" if f == "step" else None
+            g.add_argument("--" + f.replace("_", "-"), dest=f, type=ranged_type(rng), default=None,
+                           help=(helptext + "; " if helptext else "") + rng.describe())
+    add_rule_option_flags(p)
+    p.set_defaults(func=cmd_trace)
+
+    v = sub.add_parser("verify", help="recompute a trace file with ccledu and compare",
+                       description="Rebuild the network and the rule a trace describes, recompute "
+                                   "the step with ccledu and compare every tensor. Exit status 0: "
+                                   "all agree; 1: a tensor differs; 2: the file is malformed.")
+    v.add_argument("file", help="trace file (.npz)")
+    v.add_argument("--rtol", type=_tolerance_arg, default=None,
+                   help="relative tolerance, a finite number >= 0 (default 1e-7 for float64 "
+                        "traces, 1e-4 for float32)")
+    v.add_argument("--atol", type=_tolerance_arg, default=None,
+                   help="absolute tolerance, a finite number >= 0 (default 1e-10 for float64 "
+                        "traces, 1e-5 for float32)")
+    v.set_defaults(func=_guarded(cmd_verify))
+
+
+def _tolerance_arg(text):
+    from .tracing.verify import check_tolerance
+
+    try:
+        return check_tolerance(text, "the tolerance")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _guarded(fn):
+    """Turn any error while reading or recomputing a file into one ``ccledu: error:`` line."""
+    from .tracing.format import TraceError
+
+    def run(args):
+        try:
+            return fn(args)
+        except TraceError as e:
+            print(f"ccledu: error: {e}", file=sys.stderr)
+            return 2
+        except Exception as e:  # noqa: BLE001 - a malformed file must never print a traceback
+            print(f"ccledu: error: cannot verify {args.file}: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+    return run
+
+
 #: optional sub-commands living in other modules: name -> module with ``add_parser(sub)``
-EXTRA_COMMANDS = ["ccledu.trace", "ccledu.course", "ccledu.autoencoder", "ccledu.sweep",
+EXTRA_COMMANDS = ["ccledu.course", "ccledu.autoencoder", "ccledu.sweep",
                   "ccledu.book"]
 
 
@@ -282,6 +301,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     _add_train(sub)
+    _add_trace(sub)
     for mod in EXTRA_COMMANDS:
         try:
             m = importlib.import_module(mod)

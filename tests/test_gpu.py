@@ -29,8 +29,10 @@ HOST_FUNCTIONS = {
     ("rules/ff.py", "diagnostics"),    # per-epoch host summaries
     ("optim.py", "state_dict"),        # checkpoints are host arrays
 }
-RULES = ["bp", "fa", "dfa", "ccl", "ff"]
+RULES = ["bp", "fa", "dfa", "ccl", "ff", "drtp", "dtp", "drl", "ldrl", "fwdtp", "sign", "kp"]
 SPECS = {"mlp": "mlp:12-10-8-5", "cnn": "cnn:2x8x8-c3-c4-5"}
+MLP_ONLY = ("dtp", "drl", "ldrl", "fwdtp")          # the TP rules are written for MLPs
+CASES = [(r, k) for r in RULES for k in SPECS if not (k == "cnn" and r in MLP_ONLY)]
 
 
 def _numpy_calls(path: Path, rel: str):
@@ -88,8 +90,7 @@ gpu = pytest.mark.skipif(not cupy_available(),
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-10), ("float32", 2e-4)])
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule,kind", CASES)
 def test_numpy_and_cupy_agree(rule, kind, dtype, tol):
     loss_n, g_n, a_n = _step_on("numpy", rule, kind, dtype)
     loss_c, g_c, a_c = _step_on("cupy", rule, kind, dtype)
@@ -103,8 +104,7 @@ def test_numpy_and_cupy_agree(rule, kind, dtype, tol):
 
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
-@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("rule,kind", CASES)
 def test_training_step_makes_no_hidden_transfers(rule, kind, monkeypatch):
     """Count device->host copies (get, asnumpy, float/int/bool of an array, item, tolist)
     during training steps. FF draws its negative labels on the host by design: one copy of

@@ -9,9 +9,15 @@ import pytest
 from ccledu import cli
 from ccledu.trace import FORMAT, TraceError, read_trace, verify_trace, write_trace
 
-RULES = ["bp", "fa", "dfa", "ccl", "ff"]
+RULES = ["bp", "fa", "dfa", "ccl", "ff", "drtp", "dtp", "drl", "ldrl", "fwdtp", "sign", "kp"]
+MLP_ONLY = ("dtp", "drl", "ldrl", "fwdtp")          # the TP rules are written for MLPs
 SPECS = {"mlp": "mlp:12-10-8-5", "cnn": "cnn:2x8x8-c3-c4-5"}
-CASES = [(r, k) for r in RULES for k in SPECS]
+CASES = [(r, k) for r in RULES for k in SPECS if not (k == "cnn" and r in MLP_ONLY)]
+
+
+def test_every_registered_rule_is_traced():
+    from ccledu.rules import RULES as REGISTRY
+    assert sorted(RULES) == sorted(REGISTRY)
 
 
 def _ids(case):
@@ -93,8 +99,32 @@ def test_round_trip(traces, case):
         neg, y = arrays["input/negative_labels"], arrays["y"]
         assert neg.shape == y.shape and np.all(neg != y)
         assert "overlay/negative" in names
-    # computation order: overlays, acts, signals, losses, grads, after
-    rank = {"overlay": 0, "act": 1, "signal": 2, "loss": 3, "grad": 4, "after": 5}
+    if rule in ("drtp",):
+        assert any(k.startswith("param/fixed.") for k in arrays)
+    if rule in ("dtp", "drl", "ldrl"):
+        # Q is trained inside the step: param/ and after/, no grad/; every noise draw recorded
+        L = len(meta["layers"])
+        fb = [f"feedback.{l}.weight" for l in range(1, L)]
+        assert all(f"after/{n}" in names and f"grad/{n}" not in names for n in fb)
+        assert all(not np.array_equal(arrays[f"param/{n}"], arrays[f"after/{n}"]) for n in fb)
+        per_layer = 2 if rule == "ldrl" else 1
+        noise = [k for k in arrays if k.startswith("input/noise/")]
+        assert len(noise) == meta["loss"]["feedback_iters"] * (L - 1) * per_layer
+        assert [n for n in names if n.startswith("target/")] == [f"target/{l}" for l in range(L)]
+        assert meta["batchnorm"] is False
+    if rule == "fwdtp":
+        assert any(k.startswith("param/feedback.") for k in arrays)
+        assert not any(k.startswith("input/") for k in arrays)
+    if rule == "kp":
+        # KP's feedback has W's shape and learns with the forward gradient
+        fbs = [k for k in arrays if k.startswith("grad/feedback.")]
+        assert fbs
+        for k in fbs:
+            l = k.split(".")[1]
+            assert arrays[f"param/feedback.{l}.weight"].shape == arrays[f"param/forward.{l}.weight"].shape
+            np.testing.assert_array_equal(arrays[k], arrays[f"grad/forward.{l}.weight"])
+    # computation order: overlays, acts, signals / targets, losses, grads, after
+    rank = {"overlay": 0, "act": 1, "signal": 2, "target": 2, "loss": 3, "grad": 4, "after": 5}
     ranks = [rank[n.split("/")[0]] for n in names]
     assert ranks == sorted(ranks)
 
@@ -179,7 +209,12 @@ def _first_affected(rule, kind, param):
     if param == "forward.0.weight":
         return "act/0"
     if param.startswith("feedback."):
-        return f"signal/{param.split('.')[1]}"
+        l = int(param.split(".")[1])
+        if rule in MLP_ONLY:                   # TP: Q_l builds the target of the layer below
+            return f"target/{l - 1}"
+        if rule == "kp":                       # KP: B_l carries the error to block l - 1
+            return f"grad/forward.{l - 1}.weight"
+        return f"signal/{l}"                   # CCL: V_l makes the signal s_l
     return "grad/forward.0.weight"          # FA B_1 and DFA D_0 shape the error reaching W_0
 
 
@@ -362,3 +397,39 @@ def test_docs_worked_example(tmp_path, monkeypatch):
     write_trace("bp.npz", "bp", "mlp:6-4-3", 5, seed=4,
                 optimizer={"centralize": True, "clip": 0.01, "weight_decay": 0.1, "warmup": 3})
     exec(compile(code, "trace-format.md", "exec"), {})
+
+
+@pytest.mark.parametrize("variant", ["brsf", "frsf", "usf"])
+def test_sign_symmetry_variants_trace(tmp_path, variant):
+    p = tmp_path / f"{variant}.npz"
+    write_trace(p, "sign", SPECS["mlp"], 5, seed=1, rule_options={"variant": variant})
+    assert verify_trace(p).ok
+    meta, arrays = _load(p)
+    assert meta["variant"] == variant
+    mags = sorted(k for k in arrays if k.startswith("input/magnitude/"))
+    fixed = sorted(k for k in arrays if k.startswith("param/fixed."))
+    L = len(meta["layers"])
+    if variant == "brsf":                # the step's fresh |M_l| are recorded and replayed
+        assert mags == [f"input/magnitude/{l}" for l in range(1, L)] and not fixed
+        _bump(arrays, f"input/magnitude/{L - 1}", 0.5)
+        report = verify_trace(_save(tmp_path / "bad.npz", meta, arrays))
+        assert not report.ok and report[report.first_mismatch].tensor == f"grad/forward.{L - 2}.weight"
+    elif variant == "frsf":
+        assert fixed == [f"param/fixed.{l}.weight" for l in range(1, L)] and not mags
+    else:
+        assert not mags and not fixed
+
+
+def test_tp_noise_is_replayed(tmp_path):
+    """verify replays the recorded noise: the file checks out, a changed draw does not."""
+    p = tmp_path / "dtp.npz"
+    write_trace(p, "dtp", SPECS["mlp"], 5, seed=2, rule_options={"feedback_iters": 2})
+    assert verify_trace(p).ok
+    meta, arrays = _load(p)
+    assert sorted(k for k in arrays if k.startswith("input/noise/")) == [f"input/noise/{k}" for k in range(4)]  # 2 iters x 2 layers
+    _bump(arrays, "input/noise/0", 0.1)
+    report = verify_trace(_save(tmp_path / "bad.npz", meta, arrays))
+    assert not report.ok
+    del arrays["input/noise/0"]
+    with pytest.raises(TraceError, match="input/noise/0"):
+        read_trace(_save(tmp_path / "missing.npz", meta, arrays))

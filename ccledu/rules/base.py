@@ -92,6 +92,42 @@ class Rule:
         """Settings that define the rule (recorded in metrics.json and traces)."""
         return {"rule": self.name}
 
+    # -- traces (docs/trace-format.md): what this rule adds to one recorded step --------------
+    #: options also written at the top level of a trace's meta (they must agree with meta.loss)
+    TRACE_META: tuple = ()
+    #: ``input/<name>`` entries of a trace that hold integer labels
+    TRACE_LABELS: tuple = ()
+
+    def trace_step(self, model, x, y, inputs=None):
+        """One step as a trace records it: (StepResult, drawn).
+
+        ``inputs``: name -> host array of the random draws of a recorded step (the file's
+        ``input/<name>`` entries), replayed instead of drawing afresh; None draws. ``drawn``:
+        name -> array of every draw the step made (written as ``input/<name>``). A rule whose
+        step draws random numbers overrides this so that ``ccledu verify`` can replay them."""
+        return self.step(model, x, y), {}
+
+    def trace_tensors(self, model) -> dict:
+        """Rule-specific tensors after :meth:`trace_step`, name -> array in computation order.
+        Default: ``act/<l>``, each block's output (``model.activations``)."""
+        return {f"act/{l}": a for l, a in enumerate(model.activations)}
+
+    def trace_shapes(self, model, n: int) -> dict:
+        """name -> shape of every entry :meth:`trace_step` draws and :meth:`trace_tensors`
+        gives for a batch of ``n`` (what a reader checks a file against)."""
+        return {f"act/{l}": (n,) + tuple(s) for l, s in enumerate(model.shapes)}
+
+    def trace_meta(self) -> dict:
+        """Extra top-level meta keys of a trace: the :data:`TRACE_META` options by default."""
+        return {k: getattr(self, k) for k in self.TRACE_META}
+
+    def grad_order(self, model, names) -> list:
+        """Gradient names in the order the step computes them; default: from the top block
+        down (weight before bias), the way an error travels."""
+        order = [n for l in range(len(model.blocks) - 1, -1, -1)
+                 for n in (f"forward.{l}.weight", f"forward.{l}.bias") if n in names]
+        return order + [n for n in names if n not in order]
+
 
 class FixedFeedbackRule(Rule):
     """A rule that owns fixed, never-trained random matrices (FA's B_l, DFA's D_l), kept in

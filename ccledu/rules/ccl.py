@@ -413,6 +413,37 @@ class CCL(Rule):
         grads.update(self.gradients())
         return StepResult(loss=total, grads=grads, terms=terms, logits=logits)
 
+    # -- traces ----------------------------------------------------------------------------------
+    TRACE_META = ("feedback_activation",)
+
+    def trace_tensors(self, model) -> dict:
+        """``act/<l>``, then the feedback signals ``signal/<L>`` (= I_C) down to ``signal/0``."""
+        out = super().trace_tensors(model)
+        for l in range(len(self.signals) - 1, -1, -1):
+            out[f"signal/{l}"] = self.signals[l]
+        return out
+
+    def trace_shapes(self, model, n: int) -> dict:
+        """``signal/<l>``: (C, *shape of block l's input); ``signal/<L>``: (C, C)."""
+        out = super().trace_shapes(model, n)
+        C, L = model.num_classes, len(model.blocks)
+        ins = [model.input_shape] + list(model.shapes)
+        for l in range(L, -1, -1):
+            out[f"signal/{l}"] = (C,) + tuple(ins[l]) if l < L else (C, C)
+        return out
+
+    def grad_order(self, model, names) -> list:
+        """Cross-entropy's W_L first, then pair l = 0..L−1: W_{l−1} (l > 0), V_l."""
+        L = len(model.blocks)
+
+        def fw(l):
+            return [n for n in (f"forward.{l}.weight", f"forward.{l}.bias") if n in names]
+
+        order = fw(L - 1)
+        for l in range(L):
+            order += (fw(l - 1) if l > 0 else []) + [n for n in (f"feedback.{l}.weight",) if n in names]
+        return order + [n for n in names if n not in order]
+
     # -- extras ----------------------------------------------------------------------------------
     def diagnostics(self, model, x, y) -> dict:
         """``align_bp/<l>``: angle (degrees) between CCL's and backprop's ∇W_l on (x, y)."""

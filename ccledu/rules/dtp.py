@@ -306,8 +306,62 @@ class TargetPropagation(Rule):
         return self.forward(model, x)[0][-1]
 
     def _noise(self, like):
-        e = self._noise_rng.standard_normal(like.shape) * self.noise_std
-        return asarray(e, dtype=like.dtype, backend="cupy" if is_cupy_array(like) else "numpy")
+        """ε ~ N(0, σ²) shaped like ``like``: the one place a TP step draws (traces record each
+        draw and replay them, :meth:`trace_step`)."""
+        tape = getattr(self, "_tape", None)
+        if tape is not None and tape["replay"] is not None:
+            e = np.asarray(tape["replay"][len(tape["drawn"])])
+        else:
+            e = self._noise_rng.standard_normal(like.shape) * self.noise_std
+        out = asarray(e, dtype=like.dtype, backend="cupy" if is_cupy_array(like) else "numpy")
+        if tape is not None:
+            tape["drawn"].append(out)
+        return out
+
+    # -- traces: Q is updated inside the step (param/ and after/, no grad/); noise is an input -
+    def trace_step(self, model, x, y, inputs=None):
+        """One step recording every noise draw as ``noise/<k>`` (k in draw order: feedback
+        iterations × layers L−1..1 × the keys of :meth:`draw_noise`), or replaying them."""
+        replay = None
+        if inputs is not None:
+            replay = [inputs[k] for k in sorted((k for k in inputs if k.startswith("noise/")),
+                                                key=lambda k: int(k.split("/")[1]))]
+        self._tape = {"replay": replay, "drawn": []}
+        try:
+            res = self.step(model, x, y)
+            drawn = self._tape["drawn"]
+        finally:
+            self._tape = None
+        return res, {f"noise/{k}": e for k, e in enumerate(drawn)}
+
+    def trace_tensors(self, model) -> dict:
+        """``act/<l>`` (a_l, the rule's own forward pass) and ``target/<l>`` (t_l)."""
+        out = {f"act/{l}": a for l, a in enumerate(self.acts)}
+        out.update({f"target/{l}": t for l, t in enumerate(self.targets)})
+        return out
+
+    def trace_meta(self) -> dict:
+        return {"batchnorm": bool(self.batchnorm)}
+
+    def trace_shapes(self, model, n: int) -> dict:
+        out = super().trace_shapes(model, n)
+        out.update({f"target/{l}": (n,) + tuple(s) for l, s in enumerate(model.shapes)})
+        if self.fixed_feedback or self.feedback_loss is None:
+            return out
+        xp = np
+        acts = [xp.zeros((n,) + tuple(s)) for s in model.shapes]
+        probe = {"replay": None, "drawn": []}
+        saved, self._tape = self._noise_rng, probe
+        self._noise_rng = np.random.default_rng(0)          # shapes only: the real stream is kept
+        try:
+            iters = self.feedback_iters + self.pretrain_iters
+            for _ in range(iters):
+                for l in range(len(model.blocks) - 1, 0, -1):
+                    self.draw_noise(acts, l)
+        finally:
+            self._noise_rng, self._tape = saved, None
+        out.update({f"input/noise/{k}": tuple(e.shape) for k, e in enumerate(probe["drawn"])})
+        return out
 
     # -- feedback training -------------------------------------------------------------------
     def feedback_loss_grad(self, model, l: int, x_in, acts, noise):

@@ -150,6 +150,15 @@ def length_normalise(a, eps: float = EPS):
     return a / (norm + eps).reshape((-1,) + (1,) * (a.ndim - 1))
 
 
+def rms_normalise(a, eps: float = EPS):
+    """a / (sqrt(mean_j a_j²) + ε) per sample, the mean taken over all D features (any shape
+    (N, ...)): ``length_normalise`` times √D, up to where ε enters (loeweX/Forward-Forward's
+    ``_layer_norm``)."""
+    xp = get_array_module(a)
+    rms = xp.sqrt((a.reshape(a.shape[0], -1) ** 2).mean(axis=1))
+    return a / (rms + eps).reshape((-1,) + (1,) * (a.ndim - 1))
+
+
 def _on_device(host, like, dtype=None):
     return asarray(host, dtype=dtype, backend="cupy" if is_cupy_array(like) else "numpy")
 
@@ -181,12 +190,59 @@ class FF(Rule):
         "cnn_overlay": (str, "grating", "label on image inputs: 'grating' (a class-specific "
                                         "grating added over the whole image) or 'row' (first C "
                                         "pixels of row 0 of every channel replaced)"),
+        # -- variants of the public implementations (docs/ff.md, "Presets of public code")
+        "norm": (str, "l2", "layer-input normalisation: 'l2': a/(||a|| + eps); 'rms': "
+                            "a/(sqrt(mean a^2) + eps) (loeweX)"),
+        "norm_eps": (float, EPS, "eps added to the norm in the layer-input normalisation "
+                                 "(mpezeshki: 1e-4)"),
+        "theta_mode": (str, "fixed", "'fixed': every block uses theta; 'width': block l uses "
+                                     "theta_l = the number of features of a_l (loeweX)"),
+        "loss_mean": (str, "pairs", "'pairs': L_l = sum over the 2N rows / N; 'rows': the mean "
+                                    "over the 2N rows, sum / (2N) (loeweX's BCE, mpezeshki's mean)"),
+        "peer_norm": (float, 0.0, "coefficient of loeweX's peer-normalisation loss (0 = off; "
+                                  "loeweX: 0.03)"),
+        "peer_momentum": (float, 0.9, "momentum of the running mean of each unit's positive-row "
+                                      "activity in the peer-normalisation loss"),
+        "label_max": (str, "sample", "with label_value <= 0, the overlay's 'on' value: each "
+                                     "'sample''s own maximum, or the 'batch''s maximum (mpezeshki)"),
+        "head_input": (str, "last", "what the softmax head reads: the 'last' hidden block, or "
+                                    "'skip_first': the hidden blocks 1.. concatenated (loeweX; the "
+                                    "head is then the rule's own head.weight, zero-initialised, "
+                                    "trained with the feedback group's lr/momentum/decay)"),
+        "relu_grad": (str, "exact", "'exact': dh goes back through sigma'; 'identity': sigma' "
+                                    "is replaced by 1 (loeweX's ReLU_full_grad)"),
+        "init": (str, "model", "'model': keep the model's weights; 'normal_fan_out': redraw each "
+                               "hidden W_l ~ N(0, 1/out_l), biases 0 (loeweX)"),
     }
     PRESETS = PRESETS
 
     def __init__(self, theta: float = 2.0, goodness: str = "sum", predict: str = "goodness",
                  ff_layers: str = "all", label_value: float = 0.0, negatives: str = "uniform",
-                 cnn_overlay: str = "grating", loss: str = "threshold", alpha: float = 10.0):
+                 cnn_overlay: str = "grating", loss: str = "threshold", alpha: float = 10.0,
+                 norm: str = "l2", norm_eps: float = EPS, theta_mode: str = "fixed",
+                 loss_mean: str = "pairs", peer_norm: float = 0.0, peer_momentum: float = 0.9,
+                 label_max: str = "sample", head_input: str = "last", relu_grad: str = "exact",
+                 init: str = "model"):
+        choices = {"norm": (norm, ("l2", "rms")), "theta_mode": (theta_mode, ("fixed", "width")),
+                   "loss_mean": (loss_mean, ("pairs", "rows")),
+                   "label_max": (label_max, ("sample", "batch")),
+                   "head_input": (head_input, ("last", "skip_first")),
+                   "relu_grad": (relu_grad, ("exact", "identity")),
+                   "init": (init, ("model", "normal_fan_out"))}
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"{key} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        if not (float(norm_eps) >= 0 and np.isfinite(norm_eps)):
+            raise ValueError(f"norm_eps must be a finite number >= 0, got {norm_eps!r}")
+        if not (float(peer_norm) >= 0 and np.isfinite(peer_norm)):
+            raise ValueError(f"peer_norm must be a finite number >= 0 (0 = off), got {peer_norm!r}")
+        if not 0.0 <= float(peer_momentum) < 1.0:
+            raise ValueError(f"peer_momentum must lie in [0, 1), got {peer_momentum!r}")
+        self.norm, self.norm_eps, self.theta_mode, self.loss_mean = norm, float(norm_eps), theta_mode, loss_mean
+        self.peer_norm, self.peer_momentum = float(peer_norm), float(peer_momentum)
+        self.label_max, self.head_input, self.relu_grad, self.init = label_max, head_input, relu_grad, init
+        self.head = {}                           # {"head.weight": (C, features)} with head_input="skip_first"
+        self.peer_means = {}                     # {"state.<l>.peer_mean": (units,)} with peer_norm > 0
         if loss not in ("threshold", "margin"):
             raise ValueError(f"loss must be 'threshold' or 'margin', got {loss!r}")
         if not alpha > 0:
@@ -237,7 +293,14 @@ class FF(Rule):
                      f"L_l = mean_n softplus(-alpha (g_l(x+) - g_l(x-))), alpha = {self.alpha}"),
             "goodness": self.goodness,
             "theta": self.theta,
-            "normalisation": "u_l = a_{l-1} / (||a_{l-1}|| + 1e-8) per sample, all features",
+            "normalisation": (f"u_l = a_{{l-1}} / (||a_{{l-1}}|| + {self.norm_eps:g}) per sample, all features"
+                              if self.norm == "l2" else
+                              f"u_l = a_{{l-1}} / (sqrt(mean(a_{{l-1}}^2)) + {self.norm_eps:g}) per sample, all features"),
+            "norm": self.norm, "norm_eps": self.norm_eps,
+            "theta_mode": self.theta_mode, "loss_mean": self.loss_mean,
+            "peer_norm": self.peer_norm, "peer_momentum": self.peer_momentum,
+            "label_max": self.label_max, "head_input": self.head_input,
+            "relu_grad": self.relu_grad, "init": self.init,
             "conv_goodness": "over channels and positions of the pooled block output",
             "predict": self.predict_mode,
             "ff_layers": self.ff_layers,
@@ -262,7 +325,59 @@ class FF(Rule):
         self._rng = make_rng([int(seed), 0xFF]) if not isinstance(seed, np.random.Generator) \
             else seed
         self._C = model.num_classes
+        xp_like = model.blocks[0].main.params["weight"]
+        hidden = self.hidden_blocks(model)
+        if self.init == "normal_fan_out":
+            # loeweX: W_l ~ N(0, 1/out_l) (std 1/sqrt(out)), b_l = 0, for every hidden block
+            g = make_rng([int(self.seed) if not isinstance(seed, np.random.Generator) else 0, 0xFF, 1])
+            for block in hidden:
+                W = block.main.params["weight"]
+                W[...] = _on_device(g.normal(0.0, 1.0 / np.sqrt(W.shape[0]), size=W.shape), W, W.dtype)
+                if "bias" in block.main.params:
+                    block.main.params["bias"][...] = 0
+        self.head = {}
+        if self.head_input == "skip_first":
+            if len(hidden) < 2:
+                raise ValueError("head_input='skip_first' reads the hidden blocks 1.., so the model "
+                                 f"needs at least 2 hidden blocks; it has {len(hidden)}")
+            width = sum(int(np.prod(s)) for s in model.shapes[1:len(hidden)])
+            self.head = {"head.weight": _on_device(np.zeros((self._C, width)), xp_like, model.dtype)}
+        self.peer_means = {}
+        if self.peer_norm > 0:
+            for l in range(len(hidden)):
+                shape = tuple(model.shapes[l])
+                self.peer_means[f"state.{l}.peer_mean"] = _on_device(np.full(shape, 0.5), xp_like,
+                                                                     model.dtype)
         return self
+
+    # -- what the rule owns (head_input="skip_first": the head; peer_norm: the running means) --
+    def parameters(self) -> dict:
+        """``{"head.weight": (C, Σ_{l≥1} |a_l|)}`` with head_input='skip_first', else {}."""
+        return dict(self.head)
+
+    def buffers(self) -> dict:
+        """``{"state.<l>.peer_mean": μ_l}`` (shape of a_l) with peer_norm > 0, else {}: the running
+        mean of each unit's activity on positive rows, updated by every step (not trained)."""
+        return dict(self.peer_means)
+
+    def param_groups(self, model) -> dict:
+        """'forward': the model's weights; with head_input='skip_first' also 'head' (the rule's
+        head.weight, trained with the *feedback* group's settings: lr_feedback, momentum_feedback,
+        weight_decay_feedback, clip_feedback; loeweX's "downstream" optimiser group)."""
+        groups = {"forward": model.parameters()}
+        if self.head:
+            groups["head"] = dict(self.head)
+        return groups
+
+    def normalise(self, a):
+        """The layer-input normalisation chosen by ``norm`` / ``norm_eps``."""
+        if self.norm == "rms":
+            return rms_normalise(a, self.norm_eps)
+        return length_normalise(a, self.norm_eps)
+
+    def theta_of(self, h) -> float:
+        """θ_l of a block output h (N, ...): ``theta``, or (theta_mode='width') its feature count."""
+        return float(np.prod(h.shape[1:])) if self.theta_mode == "width" else self.theta
 
     # -- pieces ------------------------------------------------------------------------------
     @staticmethod
@@ -409,6 +524,7 @@ class FF(Rule):
             if self.negative_mode == "hard":
                 probs = xp.exp(log_softmax(logits))
             y_neg = self.negatives(y, C, probs)
+        self.y_neg = y_neg                         # the step's negative labels (traces record them)
         # 3. every hidden block on [positive; negative] rows, each with its own loss
         xin = xp.concatenate([self.overlay(x, self.one_hot(y, C, x)),
                               self.overlay(x, self.one_hot(y_neg, C, x))], axis=0)
@@ -431,6 +547,47 @@ class FF(Rule):
         terms["head_ce"] = ce
         total = ce if total is None else total + ce
         return StepResult(loss=total, grads=model.gradients(), terms=terms, logits=logits)
+
+    # -- traces: the negative labels are an input; the overlays are checked ------------------
+    TRACE_LABELS = ("input/negative_labels",)
+
+    def trace_step(self, model, x, y, inputs=None):
+        """Replays ``inputs['negative_labels']`` when given; records the labels drawn."""
+        y_neg = None
+        if inputs is not None and "negative_labels" in inputs:
+            y_neg = _on_device(inputs["negative_labels"], x, np.int64)
+        res = self.local_step(model, x, y, y_neg)
+        self._traced = (x, y)
+        return res, {"negative_labels": self.y_neg}
+
+    def trace_tensors(self, model) -> dict:
+        """``overlay/positive|negative|neutral`` (inputs with the label written in), then
+        ``act/<l>`` (hidden blocks: 2N rows, positives then negatives)."""
+        (x, y), C = self._traced, model.num_classes
+        out = {"overlay/positive": self.overlay(x, self.one_hot(y, C, x)),
+               "overlay/negative": self.overlay(x, self.one_hot(self.y_neg, C, x)),
+               "overlay/neutral": self.neutral(x, C)}
+        out.update(super().trace_tensors(model))
+        return out
+
+    def trace_meta(self) -> dict:
+        return {"negative_labels": "input/negative_labels"}
+
+    def trace_shapes(self, model, n: int) -> dict:
+        out = {"input/negative_labels": (n,)}
+        for k in ("positive", "negative", "neutral"):
+            out[f"overlay/{k}"] = (n,) + model.input_shape
+        L = len(model.blocks)
+        for l, s in enumerate(model.shapes):
+            out[f"act/{l}"] = (2 * n if l < L - 1 else n,) + tuple(s)
+        return out
+
+    def grad_order(self, model, names) -> list:
+        """The head first (its loss comes first), then the hidden blocks 0, 1, ..."""
+        L = len(model.blocks)
+        order = [n for l in [L - 1] + list(range(L - 1))
+                 for n in (f"forward.{l}.weight", f"forward.{l}.bias") if n in names]
+        return order + [n for n in names if n not in order]
 
     def pair_loss(self, g, sign, N):
         """(L_l, ∂L_l/∂g) for the goodness g (2N,) of [positives; negatives] (sign ±1).

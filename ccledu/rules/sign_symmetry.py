@@ -71,9 +71,40 @@ class SignSymmetry(Rule):
         return dict(self.fixed)
 
     def _magnitude(self, W):
-        bound = 1.0 / math.sqrt(math.prod(W.shape[1:]))
-        host = np.abs(self._rng.uniform(-bound, bound, size=tuple(W.shape)))
-        return asarray(host, dtype=self._dtype, backend=self._backend)
+        tape = getattr(self, "_tape", None)
+        if tape is not None and tape["replay"] is not None:     # a trace's recorded draw
+            host = np.asarray(tape["replay"][len(tape["drawn"])])
+        else:
+            bound = 1.0 / math.sqrt(math.prod(W.shape[1:]))
+            host = np.abs(self._rng.uniform(-bound, bound, size=tuple(W.shape)))
+        out = asarray(host, dtype=self._dtype, backend=self._backend)
+        if tape is not None:
+            tape["drawn"].append(out)
+        return out
+
+    def trace_step(self, model, x, y, inputs=None):
+        """brSF: the step's freshly drawn |M_l| are recorded as ``magnitude/<l>`` (replayed
+        from ``inputs`` when given); the other variants draw nothing."""
+        if self.variant != "brsf":
+            return self.step(model, x, y), {}
+        replay = None if inputs is None else [inputs[f"magnitude/{l}"] for l in range(1, len(model.blocks))]
+        self._tape = {"replay": replay, "drawn": []}
+        try:
+            res = self.step(model, x, y)
+            drawn = self._tape["drawn"]
+        finally:
+            self._tape = None
+        return res, {f"magnitude/{l + 1}": m for l, m in enumerate(drawn)}
+
+    def trace_shapes(self, model, n: int) -> dict:
+        out = super().trace_shapes(model, n)
+        if self.variant == "brsf":
+            out.update({f"input/magnitude/{l}": tuple(model.blocks[l].main.params["weight"].shape)
+                        for l in range(1, len(model.blocks))})
+        return out
+
+    def trace_meta(self) -> dict:
+        return {"variant": self.variant}
 
     def feedback_weights(self, model) -> list:
         """[None, B_1, ..., B_{L−1}] for the current W's (brsf draws new magnitudes)."""
