@@ -428,6 +428,8 @@ class FF(Rule):
         C = m.shape[1]
         if self.label_value > 0:
             v = self.label_value
+        elif self.label_max == "batch":
+            v = x.max()                           # mpezeshki: one value, the batch's largest input
         else:
             v = x.reshape(N, -1).max(axis=1)[:, None]
         lab = (m * v).astype(x.dtype)
@@ -480,14 +482,24 @@ class FF(Rule):
         """Run the hidden blocks on normalised, detached inputs: returns [h_0, …, h_{L-2}]."""
         out, a = [], x_overlaid
         for block in self.hidden_blocks(model):
-            a = block.forward(length_normalise(a))
+            a = block.forward(self.normalise(a))
             out.append(a)
         return out
 
+    def head_features(self, hs):
+        """What the head reads: the normalised last hidden output, or (head_input='skip_first')
+        the normalised outputs of hidden blocks 1.., flattened and concatenated (N, Σ |a_l|)."""
+        if self.head_input == "skip_first":
+            xp = get_array_module(hs[0])
+            return xp.concatenate([self.normalise(h).reshape(h.shape[0], -1) for h in hs[1:]], axis=1)
+        return self.normalise(hs[-1])
+
     def head_logits(self, model, x):
-        """Logits of the softmax head: neutral label, last hidden output normalised."""
+        """Logits of the softmax head: neutral label, hidden output(s) normalised."""
         hs = self.run_hidden(model, self.neutral(x, model.num_classes))
-        return model.blocks[-1].forward(length_normalise(hs[-1]))
+        if self.head:
+            return self.head_features(hs) @ self.head["head.weight"].T
+        return model.blocks[-1].forward(self.head_features(hs))
 
     # -- the learning step -------------------------------------------------------------------
     def step(self, model, x, y) -> StepResult:
@@ -513,11 +525,15 @@ class FF(Rule):
         # 1. softmax head on the neutral input (its gradient reaches the last block only)
         head = model.blocks[-1]
         hs = self.run_hidden(model, self.neutral(x, C))
-        logits = head.forward(length_normalise(hs[-1]))
+        feats = self.head_features(hs)
+        logits = feats @ self.head["head.weight"].T if self.head else head.forward(feats)
         ce, dlogits = cross_entropy(logits, y)
         if L - 1 not in active:
             dlogits = xp.zeros_like(dlogits)
-        head.backward(dlogits, need_dx=False)
+        if self.head:
+            head_grad = dlogits.T @ feats        # ∇W_head = δᵀ features (C, Σ |a_l|)
+        else:
+            head.backward(dlogits, need_dx=False)
         # 2. negatives
         if y_neg is None:
             probs = None
@@ -532,9 +548,9 @@ class FF(Rule):
         total = None
         a = xin
         for l, block in enumerate(self.hidden_blocks(model)):
-            h = block.forward(length_normalise(a))
+            h = block.forward(self.normalise(a))
             g = self.goodness_of(h)
-            loss, dg = self.pair_loss(g, sign, N)
+            loss, dg = self.pair_loss(g, sign, N, self.theta_of(h))
             terms[f"ff/{l}"] = loss
             total = loss if total is None else total + loss
             if l in active:
@@ -542,11 +558,55 @@ class FF(Rule):
                 dh = (scale * dg).reshape((-1,) + (1,) * (h.ndim - 1)) * h
             else:
                 dh = xp.zeros_like(h)
-            block.backward(dh, need_dx=False)
+            if self.peer_norm > 0:
+                peer, dpeer = self.peer_step(l, h[:N])
+                terms[f"peer/{l}"] = peer
+                total = total + peer
+                if l in active:
+                    dh[:N] += dpeer
+            self.block_backward(block, dh)
             a = h                                  # the next block sees sg(h)
         terms["head_ce"] = ce
         total = ce if total is None else total + ce
-        return StepResult(loss=total, grads=model.gradients(), terms=terms, logits=logits)
+        grads = model.gradients()
+        if self.head:                              # the model's own classifier is not used
+            grads = {k: v for k, v in grads.items() if not k.startswith(f"forward.{L - 1}.")}
+            grads["head.weight"] = head_grad
+        return StepResult(loss=total, grads=grads, terms=terms, logits=logits)
+
+    def block_backward(self, block, dh):
+        """``block.backward(dh, need_dx=False)``; with relu_grad='identity' the activation's
+        derivative is replaced by 1 (dh passes through σ unchanged, loeweX's ReLU_full_grad)."""
+        if self.relu_grad == "exact":
+            block.backward(dh, need_dx=False)
+            return
+        act = block.act
+        for layer in reversed(block.layers):
+            if layer is block.main:
+                layer.backward(dh, need_dx=False)
+                return
+            if layer is not act:
+                dh = layer.backward(dh)
+
+    def peer_step(self, l, h_pos):
+        """loeweX's peer normalisation of hidden block l, from its positive rows h_pos (N, ...).
+
+            m_j = (1/N) Σ_n h⁺_nj,   μ_l ← β sg(μ_l) + (1 − β) m        (β = peer_momentum)
+            P_l = c · mean_j (μ̄_l − μ_lj)²,   μ̄_l = mean_j μ_lj          (c = peer_norm)
+            ∂P_l/∂h⁺_nj = c · (2/D)(μ_lj − μ̄_l) · (1 − β)/N          (the μ̄ term sums to 0)
+
+        Updates the running mean in place; returns (P_l, ∂P_l/∂h⁺ of h_pos's shape)."""
+        key = f"state.{l}.peer_mean"
+        mu = self.peer_means[key]
+        N = h_pos.shape[0]
+        beta = self.peer_momentum
+        mu[...] = beta * mu + (1.0 - beta) * h_pos.mean(axis=0)
+        dev = mu - mu.mean()
+        D = int(np.prod(mu.shape))
+        loss = self.peer_norm * (dev ** 2).mean()
+        grad = (self.peer_norm * 2.0 / D * (1.0 - beta) / N) * dev
+        xp = get_array_module(h_pos)
+        return loss, xp.broadcast_to(grad, h_pos.shape).astype(h_pos.dtype)
 
     # -- traces: the negative labels are an input; the overlays are checked ------------------
     TRACE_LABELS = ("input/negative_labels",)
@@ -589,18 +649,23 @@ class FF(Rule):
                  for n in (f"forward.{l}.weight", f"forward.{l}.bias") if n in names]
         return order + [n for n in names if n not in order]
 
-    def pair_loss(self, g, sign, N):
+    def pair_loss(self, g, sign, N, theta=None):
         """(L_l, ∂L_l/∂g) for the goodness g (2N,) of [positives; negatives] (sign ±1).
 
-        threshold: t = sign·(θ − g), L = Σ softplus(t)/N, ∂L/∂g = −sign·σ(t)/N.
-        margin:    d = g⁺ − g⁻, L = Σ softplus(−α d)/N, ∂L/∂g⁺ = −α σ(−α d)/N = −∂L/∂g⁻."""
+        threshold: t = sign·(θ − g), L = Σ softplus(t)/M, ∂L/∂g = −sign·σ(t)/M.
+        margin:    d = g⁺ − g⁻, L = Σ softplus(−α d)/M, ∂L/∂g⁺ = −α σ(−α d)/M = −∂L/∂g⁻.
+        M = N (loss_mean='pairs', default) or 2N ('rows': the mean over all 2N rows, as
+        BCE-with-logits over [positives; negatives] averages). θ: ``theta`` (default
+        ``self.theta``; theta_mode='width' passes the block's width)."""
         xp = get_array_module(g)
+        M = N if self.loss_mean == "pairs" else 2 * N
         if self.loss == "margin":
             t = -self.alpha * (g[:N] - g[N:])
-            s = self.alpha * sigmoid(t) / N
-            return softplus(t).sum() / N, xp.concatenate([-s, s])
-        t = sign * (self.theta - g)               # positive: θ − g⁺, negative: g⁻ − θ
-        return softplus(t).sum() / N, -sign * sigmoid(t) / N
+            s = self.alpha * sigmoid(t) / M
+            return softplus(t).sum() / M, xp.concatenate([-s, s])
+        theta = self.theta if theta is None else theta
+        t = sign * (theta - g)                    # positive: θ − g⁺, negative: g⁻ − θ
+        return softplus(t).sum() / M, -sign * sigmoid(t) / M
 
     def layer_losses(self, model, x, y, y_neg) -> list:
         """[L_0, …, L_{L-2}, CE_head] as 0-d arrays (forward only; for finite differences)."""
@@ -609,7 +674,8 @@ class FF(Rule):
         xin = xp.concatenate([self.overlay(x, self.one_hot(y, C, x)),
                               self.overlay(x, self.one_hot(y_neg, C, x))], axis=0)
         sign = xp.concatenate([xp.ones(N, dtype=x.dtype), -xp.ones(N, dtype=x.dtype)])
-        out = [self.pair_loss(self.goodness_of(h), sign, N)[0] for h in self.run_hidden(model, xin)]
+        out = [self.pair_loss(self.goodness_of(h), sign, N, self.theta_of(h))[0]
+               for h in self.run_hidden(model, xin)]
         out.append(cross_entropy(self.head_logits(model, x), y, grad=False))
         return out
 
@@ -633,19 +699,23 @@ class FF(Rule):
         G = self.candidate_goodness(model, x)
         return G[self.counted_layers(model)].sum(axis=0)
 
-    def _expected_ff_loss(self, G, y):
-        """Per-sample expected FF loss (summed over blocks) from the candidate goodness G."""
+    def _expected_ff_loss(self, G, y, thetas=None):
+        """Per-sample expected FF loss (summed over blocks) from the candidate goodness G;
+        ``thetas``: θ_l per block (theta_mode='width'), default ``theta`` for all. Halved with
+        loss_mean='rows' (the step's loss is then the mean over 2N rows)."""
         xp = get_array_module(G)
         _, N, C = G.shape
         Y = (y[:, None] == xp.arange(C)[None, :])
+        half = 0.5 if self.loss_mean == "rows" else 1.0
         if self.loss == "margin":
             gy = xp.take_along_axis(G, y.reshape(1, -1, 1).astype(xp.int64), axis=2)  # (L-1, N, 1)
             per = xp.where(Y[None], 0, softplus(-self.alpha * (gy - G)) / (C - 1))
-            return per.sum(axis=(0, 2))
-        pos = softplus(self.theta - G)           # (L-1, N, C)
-        neg = softplus(G - self.theta)
+            return half * per.sum(axis=(0, 2))
+        th = self.theta if thetas is None else xp.asarray(thetas, dtype=G.dtype).reshape(-1, 1, 1)
+        pos = softplus(th - G)                   # (L-1, N, C)
+        neg = softplus(G - th)
         per = xp.where(Y[None], pos, neg / (C - 1))
-        return per.sum(axis=(0, 2))
+        return half * per.sum(axis=(0, 2))
 
     def evaluate(self, model, x, y):
         """(Σ_n ℓ_n, number correct); ℓ_n is the expected training loss (module docstring)."""
@@ -653,7 +723,9 @@ class FF(Rule):
         G = self.candidate_goodness(model, x)
         logits = self.head_logits(model, x)
         ce = -xp.take_along_axis(log_softmax(logits), y.reshape(-1, 1).astype(xp.int64), axis=1)
-        loss = self._expected_ff_loss(G, y).sum() + ce.sum()
+        thetas = [float(np.prod(s)) if self.theta_mode == "width" else self.theta
+                  for s in model.shapes[:len(model.blocks) - 1]]
+        loss = self._expected_ff_loss(G, y, thetas).sum() + ce.sum()
         if self.predict_mode == "softmax":
             scores = logits
         else:
