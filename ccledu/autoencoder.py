@@ -544,12 +544,11 @@ class AEConfig:
     out: str | None = None
 
     def resolved(self) -> "AEConfig":
-        if self.rule not in ("ccl", "bp"):
-            raise ValueError(f"rule must be 'ccl' or 'bp', got {self.rule!r}")
+        _autoencoder(self.rule)
         if self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
         p = PRESETS[self.preset]
-        merged = {k: v for k, v in p.items() if k not in ("ccl", "bp")}
+        merged = {k: v for k, v in p.items() if k not in AUTOENCODERS}
         merged.update(p[self.rule])
         merged.setdefault("lr_feedback", 0.0)
         merged.setdefault("clip_feedback", 0.0)
@@ -581,16 +580,23 @@ def _ranges() -> dict:
     return out
 
 
+#: rule name -> (autoencoder class, default small_init, options only that class takes)
+AUTOENCODERS = {"ccl": (CCLAutoencoder, SMALL_INIT, ("scale_c", "scale_d")),
+                "bp": (BPAutoencoder, 1.0, ())}
+
+
+def _autoencoder(rule: str):
+    if rule not in AUTOENCODERS:
+        raise ValueError(f"rule must be one of {sorted(AUTOENCODERS)}, got {rule!r}")
+    return AUTOENCODERS[rule]
+
+
 def build_autoencoder(rule: str, input_shape, channels=(16, 32), activation="elu", seed=0,
                       dtype="float32", small_init: float | None = None, **kw):
     """A :class:`CCLAutoencoder` (rule 'ccl') or :class:`BPAutoencoder` (rule 'bp')."""
-    if rule == "ccl":
-        return CCLAutoencoder(input_shape, channels, activation, seed=seed, dtype=dtype,
-                              small_init=SMALL_INIT if small_init is None else small_init, **kw)
-    if rule == "bp":
-        return BPAutoencoder(input_shape, channels, activation, seed=seed, dtype=dtype,
-                             small_init=1.0 if small_init is None else small_init)
-    raise ValueError(f"rule must be 'ccl' or 'bp', got {rule!r}")
+    cls, default_init, _ = _autoencoder(rule)
+    return cls(input_shape, channels, activation, seed=seed, dtype=dtype,
+               small_init=default_init if small_init is None else small_init, **kw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -757,8 +763,7 @@ def _train_autoencoder(rule: str = "ccl", data: str = "mnist", epochs: int | Non
         model = build_autoencoder(config.rule, input_shape, config.channels, config.activation,
                                   seed=config.seed, dtype=config.dtype,
                                   small_init=config.small_init,
-                                  **({"scale_c": config.scale_c, "scale_d": config.scale_d}
-                                     if config.rule == "ccl" else {}))
+                                  **{k: getattr(config, k) for k in _autoencoder(config.rule)[2]})
         groups = []
         for gname, params in model.param_groups().items():
             fb = gname == "feedback"
@@ -876,7 +881,7 @@ def add_parser(sub):
                        description="Train a convolutional autoencoder with counter-current "
                                    "learning or backprop; report the test reconstruction MSE "
                                    "(pixels in [0, 1]) and draw reconstructions.")
-    p.add_argument("--rule", default="ccl", choices=["ccl", "bp"])
+    p.add_argument("--rule", default="ccl", choices=sorted(AUTOENCODERS))
     p.add_argument("--data", default="mnist", help="any dataset ccledu.data loads (default mnist)")
     from .cliargs import ranged_type as _rt
     p.add_argument("--seed", type=_rt(_ranges()["seed"]), default=0)

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from .backend import get_array_module, to_float
-from .losses import accuracy  # noqa: F401  (re-exported: metrics.accuracy(logits, y))
+from .losses import accuracy, cross_entropy  # noqa: F401  (accuracy re-exported)
 
 __all__ = ["accuracy", "angle", "alignment_with_bp", "linear_cka", "cka_matrix", "weight_ratio",
            "update_ratio"]
@@ -53,12 +53,13 @@ def alignment_with_bp(model, rule, x, y) -> dict:
     parameters are not changed, but the layers' cached activations and stored gradients are
     (they hold backprop's afterwards).
     """
-    from .rules.bp import BP
     mine = {}
     for name, g in rule.step(model, x, y).grads.items():
         if name.startswith("forward."):
             mine[name] = get_array_module(g).array(g, copy=True)
-    ref = BP().step(model, x, y).grads
+    _, dlogits = cross_entropy(model.forward(x), y)       # backprop (rules/bp.py's step)
+    model.backward(dlogits)
+    ref = model.gradients()
     return {name: angle(g, ref[name]) for name, g in mine.items() if name in ref}
 
 
