@@ -22,7 +22,25 @@ along the feedback directions faster than the classifier aligns with them, the a
 blow up and MNIST accuracy after 2 epochs stays near 80 %. s = 0.3 keeps the hidden layers'
 updates a few times below the classifier's (sweep over s ∈ {0.02 … 1}: best at 0.2–0.3). The
 other textbook choice, the init of a C → |a_l| map (bound 1/√C), is √(|a_l|/C) = 16× larger
-still for 256 units.
+still for 256 units. ``feedback_init="xavier"`` draws instead as BioTorch does
+(``xavier_uniform_`` of its ``weight_backward``, times s): bound s·√(6/(fan_in + fan_out)) of
+the stored array's shape ((C, |a_l|) there: fan_in |a_l|, fan_out C; a kernel below: fan_in
+ch_l·k·k, fan_out C·k·k).
+
+**Convolutional feedback** (``conv_feedback="kernel"``, BioTorch's DFA ``Conv2d``): when block
+l+1 is a conv block, a_l receives the transposed convolution of the output error repeated over
+every output position of block l+1's convolution, through a fixed kernel K_l of shape
+(C, ch_l, k, k) (k, stride, padding those of block l+1's conv):
+
+    E[n, c, i, j] = e[n, c]  for every position (i, j) of conv_{l+1}'s output   (N, C, OH, OW)
+    g_l = conv_transpose(E, K_l)                        (N, ch_l, H_l, W_l): every im2col row
+          of sample n is e_n K_l,mat (K_l,mat = K_l reshaped (C, ch_l·k·k)), summed back by col2im,
+
+i.e. g_l = e D_lᵀ with the weight-shared D_l[(c', i, j), c] = Σ_{taps (u, v) of output positions
+that read (i, j)} K_l[c, c', u, v]. In BioTorch this is the hook of the *consumer* layer: it
+replaces the gradient at conv_{l+1}'s input. Blocks followed by a linear block (the classifier)
+keep the dense D_l. ``fixed.<l>.weight`` then has K_l's shape (PyTorch layout of a conv from
+ch_l channels to C: BioTorch's ``weight_backward``).
 """
 from __future__ import annotations
 
@@ -30,8 +48,10 @@ import math
 
 import numpy as np
 
-from ..backend import asarray, is_cupy_array, rng as make_rng
+from ..backend import asarray, get_array_module, is_cupy_array, rng as make_rng
+from ..im2col import col2im
 from ..losses import cross_entropy
+from ..ranges import Range
 from .base import FixedFeedbackRule, StepResult
 
 #: Training-config overrides (TrainConfig field names). With the paper-like defaults (batch 256,
@@ -52,11 +72,23 @@ class DFA(FixedFeedbackRule):
     """Direct feedback alignment. ``setup`` draws D_0..D_{L-2}; ``step`` injects e D_lᵀ into a_l."""
     name = "dfa"
     OPTIONS = {
-        "feedback_scale": (float, 0.3, "D_l ~ U(-s/sqrt(|a_l|), s/sqrt(|a_l|)); s is this scale"),
+        "feedback_scale": (float, 0.3, "D_l ~ U(-s/sqrt(|a_l|), s/sqrt(|a_l|)); s is this scale",
+                           Range(float, 0, lo_open=True)),
+        "conv_feedback": (str, "dense", "into a block followed by a conv block: 'dense' D_l, or "
+                                        "'kernel': a fixed kernel applied to the error repeated "
+                                        "over every position (BioTorch's DFA Conv2d)"),
+        "feedback_init": (str, "uniform", "'uniform': U(+-s/sqrt(|a_l|)); 'xavier': "
+                                          "s * xavier_uniform of the stored shape (BioTorch)"),
     }
 
-    def __init__(self, feedback_scale: float = 0.3):
+    def __init__(self, feedback_scale: float = 0.3, conv_feedback: str = "dense",
+                 feedback_init: str = "uniform"):
         super().__init__(feedback_scale)
+        if conv_feedback not in ("dense", "kernel"):
+            raise ValueError(f"conv_feedback must be 'dense' or 'kernel', got {conv_feedback!r}")
+        if feedback_init not in ("uniform", "xavier"):
+            raise ValueError(f"feedback_init must be 'uniform' or 'xavier', got {feedback_init!r}")
+        self.conv_feedback, self.feedback_init = conv_feedback, feedback_init
 
     @classmethod
     def defaults(cls, kind: str, data: str | None = None) -> dict:
@@ -71,10 +103,46 @@ class DFA(FixedFeedbackRule):
         self.fixed = {}
         for l in range(len(model.blocks) - 1):
             size = math.prod(model.shapes[l])
-            bound = self.feedback_scale / math.sqrt(size)
-            host = g.uniform(-bound, bound, size=(size, C))
+            conv = self.kernel_conv(model, l)
+            if conv is not None:                   # K_l (C, ch_l, k, k)
+                k = conv.kernel_size
+                shape = (C, conv.in_channels, k, k)
+                fan_in, fan_out = conv.in_channels * k * k, C * k * k
+            else:                                  # D_l (|a_l|, C); BioTorch stores its transpose
+                shape, fan_in, fan_out = (size, C), size, C
+            if self.feedback_init == "xavier":
+                bound = self.feedback_scale * math.sqrt(6.0 / (fan_in + fan_out))
+            elif conv is not None:
+                bound = self.feedback_scale / math.sqrt(fan_in)
+            else:
+                bound = self.feedback_scale / math.sqrt(size)
+            host = g.uniform(-bound, bound, size=shape)
             self.fixed[f"fixed.{l}.weight"] = asarray(host, dtype=model.dtype, backend=backend)
         return self
+
+    def kernel_conv(self, model, l):
+        """Block l+1's Conv2d when block l gets kernel feedback (conv_feedback='kernel' and block
+        l+1 is a conv block), else None."""
+        if self.conv_feedback != "kernel" or l + 1 >= len(model.blocks):
+            return None
+        main = model.blocks[l + 1].main
+        return main if getattr(main, "kernel_size", None) is not None and main.params["weight"].ndim == 4 else None
+
+    def signal(self, model, l, e):
+        """g_l (N, *shape of a_l): e D_lᵀ, or (kernel feedback) the transposed convolution of e
+        repeated over conv_{l+1}'s output positions with K_l."""
+        N = e.shape[0]
+        M = self.fixed[f"fixed.{l}.weight"]
+        conv = self.kernel_conv(model, l)
+        if conv is None:
+            return (e @ M.T).reshape(N, *model.shapes[l])
+        k, s, p = conv.kernel_size, conv.stride, conv.padding
+        ch, H, W = model.shapes[l]
+        OH, OW = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+        rows = e @ M.reshape(M.shape[0], -1)                       # (N, ch·k·k), one per sample
+        xp = get_array_module(rows)
+        cols = xp.repeat(rows, OH * OW, axis=0)                    # the same at every position
+        return col2im(cols, (N, ch, H, W), k, k, s, p)
 
     def step(self, model, x, y) -> StepResult:
         """x (N, *input_shape), y (N,) int -> gradients of every ``forward.<l>.*``."""
@@ -83,11 +151,10 @@ class DFA(FixedFeedbackRule):
             raise RuntimeError("DFA.setup(model, seed) must be called for this model before step")
         logits = model.forward(x)
         loss, e = cross_entropy(logits, y)                        # e = (softmax − Y)/N
-        N = x.shape[0]
         model.blocks[L - 1].backward(e, need_dx=False)            # ∇W_L = eᵀ a_{L-1}
         for l in range(L - 1):
-            g = e @ self.fixed[f"fixed.{l}.weight"].T             # (N, |a_l|)
-            model.blocks[l].backward(g.reshape(N, *model.shapes[l]), need_dx=False)
+            g = self.signal(model, l, e)                          # e D_lᵀ, shaped like a_l
+            model.blocks[l].backward(g, need_dx=False)
         return StepResult(loss=loss, grads=model.gradients(), terms={"ce": loss}, logits=logits)
 
     def diagnostics(self, model, x, y) -> dict:
@@ -97,5 +164,6 @@ class DFA(FixedFeedbackRule):
                 for name, v in alignment_with_bp(model, self, x, y).items() if name.endswith("weight")}
 
     def config(self) -> dict:
-        return {"rule": self.name, "feedback_scale": self.feedback_scale}
+        return {"rule": self.name, "feedback_scale": self.feedback_scale,
+                "conv_feedback": self.conv_feedback, "feedback_init": self.feedback_init}
 
