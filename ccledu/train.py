@@ -37,6 +37,7 @@ import numpy as np
 from . import __version__
 from .backend import asarray, get_array_module, machine_info, to_numpy, use
 from .models import build_model, parse_spec
+from .ranges import Range
 from .rules import rule_class
 
 #: values used when neither the rule nor the caller sets a field
@@ -157,46 +158,6 @@ def resolve(config: TrainConfig) -> TrainConfig:
 # Valid ranges of the settings
 # --------------------------------------------------------------------------------------------
 
-class Range:
-    """A numeric setting's valid range: ``kind`` int or float, bounds ``lo``/``hi`` (None: open
-    ended), ``lo_open``/``hi_open`` for strict bounds. Floats must be finite."""
-
-    def __init__(self, kind, lo=None, hi=None, lo_open=False, hi_open=False):
-        self.kind, self.lo, self.hi, self.lo_open, self.hi_open = kind, lo, hi, lo_open, hi_open
-
-    def describe(self) -> str:
-        what = "an integer" if self.kind is int else "a finite number"
-        parts = []
-        if self.lo is not None:
-            parts.append(f"{'>' if self.lo_open else '>='} {self.lo:g}")
-        if self.hi is not None:
-            parts.append(f"{'<' if self.hi_open else '<='} {self.hi:g}")
-        return what + (" " + " and ".join(parts) if parts else "")
-
-    def check(self, value, name: str, text: bool = False):
-        """``value`` converted to ``kind``; ValueError "<name> must be ..., got ..." otherwise.
-        Strings are parsed only with ``text`` (command-line flags), never in a config."""
-        bad = ValueError(f"{name} must be {self.describe()}, got {value!r}")
-        if isinstance(value, bool) or (isinstance(value, str) and not text):
-            raise bad
-        try:
-            if self.kind is int:
-                if isinstance(value, float) and not value.is_integer():
-                    raise bad
-                v = int(value) if not isinstance(value, str) else int(value.strip())
-            else:
-                v = float(value)
-        except (TypeError, ValueError, OverflowError):
-            raise bad from None
-        if self.kind is float and not math.isfinite(v):
-            raise bad
-        if self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo)):
-            raise bad
-        if self.hi is not None and (v > self.hi or (self.hi_open and v == self.hi)):
-            raise bad
-        return v
-
-
 #: the valid range of every numeric training setting (checked by :func:`validate` for the
 #: Python API and ``--config`` files, and at parse time for command-line flags)
 RANGES = {
@@ -239,6 +200,17 @@ def validate(config: "TrainConfig") -> "TrainConfig":
     if not isinstance(config.rule_options, dict):
         raise ValueError(f"rule_options must be a dict of the rule's options, got "
                          f"{type(config.rule_options).__name__}")
+    try:
+        options = getattr(rule_class(config.rule), "OPTIONS", {}) or {}
+    except ValueError:                      # an unknown rule is reported where it is built
+        options = {}
+    checked = {}
+    for name, v in config.rule_options.items():
+        spec = options.get(name, ())
+        if len(spec) > 3 and spec[3] is not None and v is not None:
+            checked[name] = spec[3].check(v, f"rule option {name} ({_flag(name)})")
+    if checked:
+        changes["rule_options"] = {**config.rule_options, **checked}
     return dataclasses.replace(config, **changes)
 
 

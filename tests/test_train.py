@@ -104,3 +104,32 @@ def test_bp_cnn_on_cifar_resolves_to_the_public_bp_cnn_optimiser():
     for model, data in (("mlp", "cifar10"), ("cnn", "mnist")):
         c = resolve(TrainConfig(rule="bp", model=model, data=data))
         assert (c.batch_size, c.lr_forward, c.momentum_forward, c.clip_forward) == (256, 1.0, 0.0, 1.0)
+
+
+# numeric rule options carry a Range (4th OPTIONS entry): refused at parse time and by run()
+RANGED_OPTIONS = [("ccl", "ssl_scale", "-0.5"), ("ccl", "flood", "1.5"), ("ff", "theta", "nan"),
+                  ("ff", "alpha", "0"), ("fa", "feedback_scale", "0"), ("dtp", "stepsize", "-1"),
+                  ("dtp", "feedback_iters", "-2"), ("drtp", "feedback_std", "-0.1")]
+
+
+@pytest.mark.parametrize("rule,option,bad", RANGED_OPTIONS)
+def test_rule_option_ranges_are_checked_at_parse_time(rule, option, bad, capsys):
+    flag = "--" + option.replace("_", "-")
+    code = main(["train", "--rule", rule, flag, bad, "--epochs", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"argument {flag}: must be" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("rule,option,bad", RANGED_OPTIONS)
+def test_rule_option_ranges_are_checked_by_run(rule, option, bad):
+    with pytest.raises(ValueError, match=f"rule option {option} .*must be"):
+        run(TrainConfig(rule=rule, epochs=1, limit_train=64, limit_test=32,
+                        rule_options={option: float(bad)}), progress=False)
+
+
+def test_every_numeric_rule_option_has_a_range():
+    from ccledu.rules import RULES, rule_class
+    missing = [f"{r}.{k}" for r in RULES for k, spec in rule_class(r).OPTIONS.items()
+               if spec[0] in (int, float) and (len(spec) < 4 or spec[3] is None)]
+    assert not missing, missing

@@ -64,6 +64,7 @@ from ..backend import asarray, get_array_module, is_cupy_array, rng as make_rng
 from ..layers import Activation, Conv2d, Linear, Reshape, Upsample2d, check_activation
 from ..losses import cross_entropy, one_hot, softmax
 from ..models import Block
+from ..ranges import Range
 from .base import Rule, StepResult
 
 #: ε of the row normalisation x / (‖x‖ + ε) (public code: 1e-8)
@@ -204,10 +205,11 @@ class CCL(Rule):
         "form": (str, "auto", "loss form: 'mlp' (raw products, x256/d), 'cnn' (row-normalised, "
                               "plus self-similarity terms) or 'auto' (from the model's kind)"),
         "scale": (float, None, "weight of the class-matching term (lambda / s_C); None: 0.5 "
-                               "for the mlp form, 1.0 for the cnn form"),
-        "ssl_scale": (float, 0.5, "weight s_ssl of each self-similarity term (cnn form)"),
+                               "for the mlp form, 1.0 for the cnn form", Range(float, 0)),
+        "ssl_scale": (float, 0.5, "weight s_ssl of each self-similarity term (cnn form)",
+                      Range(float, 0)),
         "flood": (float, None, "zero A's rows for samples whose true-class probability is within "
-                               "this of 1; None or 0 = off (public CIFAR-10 CNN: 0.1)"),
+                               "this of 1; None or 0 = off (public CIFAR-10 CNN: 0.1)", Range(float, 0, 1)),
         "feedback_activation": (str, None, "activation of the feedback net; None = the model's"),
     }
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from ..backend import asarray, is_cupy_array, rng as make_rng
 from ..losses import cross_entropy, one_hot
+from ..ranges import Range
 from .base import FixedFeedbackRule, StepResult
 
 #: The public code's MNIST defaults (main.py: batch 100, 100 epochs, tanh hidden units, SGD with
@@ -52,8 +53,10 @@ class DRTP(FixedFeedbackRule):
     """Direct random target projection. ``setup`` draws D_0..D_{L−2}; ``step`` injects Y D_lᵀ/N."""
     name = "drtp"
     OPTIONS = {
-        "feedback_std": (float, 0.0, "DRTP: D_l ~ N(mean, std^2) when > 0, else Kaiming-uniform as the public code"),
-        "feedback_mean": (float, 0.0, "DRTP: mean of the Gaussian D_l (used when feedback_std > 0)"),
+        "feedback_std": (float, 0.0, "DRTP: D_l ~ N(mean, std^2) when > 0, else Kaiming-uniform as the public code",
+                         Range(float, 0)),
+        "feedback_mean": (float, 0.0, "DRTP: mean of the Gaussian D_l (used when feedback_std > 0)",
+                          Range(float)),
     }
 
     def __init__(self, feedback_std: float = 0.0, feedback_mean: float = 0.0):

@@ -71,6 +71,7 @@ import numpy as np
 from ..backend import asarray, get_array_module, is_cupy_array, rng as make_rng
 from ..layers import activate, activation_grad, check_activation
 from ..losses import cross_entropy, one_hot, softmax
+from ..ranges import Range
 from .base import Rule, StepResult
 
 BN_EPS = 1e-12
@@ -198,14 +199,14 @@ class TargetPropagation(Rule):
     feedback_loss = "dtp"
     fixed_feedback = False
     OPTIONS = {
-        "stepsize": (float, 0.01, "beta: output target t = z - beta*(softmax(z) - Y) (TP rules)"),
-        "lr_backward": (float, 1e-3, "SGD rate of the rule's own feedback training (TP rules with learned feedback)"),
-        "noise_std": (float, 0.01, "std of the noise in the feedback-training losses (TP rules)"),
-        "feedback_iters": (int, 5, "feedback updates per mini-batch before the targets (the code's epochs_backward)"),
-        "pretrain_iters": (int, 0, "extra feedback updates on the first mini-batch (TP rules)"),
+        "stepsize": (float, 0.01, "beta: output target t = z - beta*(softmax(z) - Y) (TP rules)", Range(float, 0)),
+        "lr_backward": (float, 1e-3, "SGD rate of the rule's own feedback training (TP rules with learned feedback)", Range(float, 0)),
+        "noise_std": (float, 0.01, "std of the noise in the feedback-training losses (TP rules)", Range(float, 0)),
+        "feedback_iters": (int, 5, "feedback updates per mini-batch before the targets (the code's epochs_backward)", Range(int, 0)),
+        "pretrain_iters": (int, 0, "extra feedback updates on the first mini-batch (TP rules)", Range(int, 0)),
         "batchnorm": (bool, False, "standardise every f, g and difference output over the batch (the code's -BN)"),
         "orthogonal_init": (bool, True, "re-initialise the forward weights orthogonally in setup (TP rules)"),
-        "feedback_init": (float, 0.01, "Q_l ~ U(-s, s) (TP rules; FW-DTP's fixed Q default 0.001)"),
+        "feedback_init": (float, 0.01, "Q_l ~ U(-s, s) (TP rules; FW-DTP's fixed Q default 0.001)", Range(float, 0, lo_open=True)),
         "feedback_activation": (str, "tanh", "activation of the feedback maps g_l (TP rules)"),
     }
 

@@ -21,7 +21,9 @@ W_l then have the same statistics, so the FA error has the size BP's error would
 error arriving at block l scales like s^(L−1−l): on the paper MLP s = 1.5 already makes the
 hidden activations grow and MNIST accuracy drop, s = 0.7 starves the lower layers.
 The draw uses the generator ``default_rng([seed, 0xFA])``, so B is independent of forward
-weights built from the same seed.
+weights built from the same seed. ``feedback_init="xavier"`` draws B_l as BioTorch's FA layers
+do (``xavier_uniform_`` of ``weight_backward``, times s): bound s·√(6/(fan_in + fan_out)),
+fan_in = in·kh·kw, fan_out = out·kh·kw.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ import numpy as np
 
 from ..backend import asarray, is_cupy_array, rng as make_rng
 from ..losses import cross_entropy
+from ..ranges import Range
 from .base import FixedFeedbackRule, StepResult
 
 #: Training-config overrides (TrainConfig field names). The paper-like defaults (batch 256,
@@ -58,7 +61,8 @@ class FA(FixedFeedbackRule):
     """Feedback alignment. ``setup`` draws B_1..B_{L-1}; ``step`` is backprop with B in place of W."""
     name = "fa"
     OPTIONS = {
-        "feedback_scale": (float, 1.0, "B_l ~ U(-s/sqrt(fan_in), s/sqrt(fan_in)); s is this scale"),
+        "feedback_scale": (float, 1.0, "B_l ~ U(-s/sqrt(fan_in), s/sqrt(fan_in)); s is this scale",
+                           Range(float, 0, lo_open=True)),
     }
 
     def __init__(self, feedback_scale: float = 1.0):

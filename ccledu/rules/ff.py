@@ -85,6 +85,7 @@ import numpy as np
 
 from ..backend import asarray, get_array_module, is_cupy_array, rng as make_rng, to_numpy
 from ..losses import cross_entropy, log_softmax
+from ..ranges import Range
 from .base import Rule, StepResult
 
 EPS = 1e-8
@@ -173,20 +174,21 @@ class FF(Rule):
     """
     name = "ff"
     OPTIONS = {
-        "theta": (float, 2.0, "goodness threshold θ in p = σ(g − θ)"),
+        "theta": (float, 2.0, "goodness threshold θ in p = σ(g − θ)", Range(float)),
         "goodness": (str, "sum", "g = sum ('sum') or mean ('mean') of the squared activations"),
         "predict": (str, "goodness", "'goodness': argmax over labels of the summed goodness; "
                                      "'softmax': one pass, neutral label, the trained head"),
         "ff_layers": (str, "all", "hidden blocks whose goodness counts in the prediction: "
                                   "'all' or 'skip_first'"),
         "label_value": (float, 0.0, "value written for the label in the overlay; <= 0 means "
-                                    "each sample's own maximum input value"),
+                                    "each sample's own maximum input value", Range(float)),
         "negatives": (str, "uniform", "wrong labels drawn 'uniform'ly, or 'hard': in proportion "
                                       "to the softmax head's probabilities"),
         "loss": (str, "threshold", "'threshold': softplus(θ − g⁺) + softplus(g⁻ − θ); 'margin': "
                                    "softplus(−α (g⁺ − g⁻)), the pair's goodness difference (the "
                                    "trainer's default for an MLP on MNIST: 'margin', α = 10)"),
-        "alpha": (float, 10.0, "scale α of the goodness difference in loss='margin'"),
+        "alpha": (float, 10.0, "scale α of the goodness difference in loss='margin'",
+                  Range(float, 0, lo_open=True)),
         "cnn_overlay": (str, "grating", "label on image inputs: 'grating' (a class-specific "
                                         "grating added over the whole image) or 'row' (first C "
                                         "pixels of row 0 of every channel replaced)"),
@@ -194,15 +196,15 @@ class FF(Rule):
         "norm": (str, "l2", "layer-input normalisation: 'l2': a/(||a|| + eps); 'rms': "
                             "a/(sqrt(mean a^2) + eps) (loeweX)"),
         "norm_eps": (float, EPS, "eps added to the norm in the layer-input normalisation "
-                                 "(mpezeshki: 1e-4)"),
+                                 "(mpezeshki: 1e-4)", Range(float, 0, lo_open=True)),
         "theta_mode": (str, "fixed", "'fixed': every block uses theta; 'width': block l uses "
                                      "theta_l = the number of features of a_l (loeweX)"),
         "loss_mean": (str, "pairs", "'pairs': L_l = sum over the 2N rows / N; 'rows': the mean "
                                     "over the 2N rows, sum / (2N) (loeweX's BCE, mpezeshki's mean)"),
         "peer_norm": (float, 0.0, "coefficient of loeweX's peer-normalisation loss (0 = off; "
-                                  "loeweX: 0.03)"),
+                                  "loeweX: 0.03)", Range(float, 0)),
         "peer_momentum": (float, 0.9, "momentum of the running mean of each unit's positive-row "
-                                      "activity in the peer-normalisation loss"),
+                                      "activity in the peer-normalisation loss", Range(float, 0, 1)),
         "label_max": (str, "sample", "with label_value <= 0, the overlay's 'on' value: each "
                                      "'sample''s own maximum, or the 'batch''s maximum (mpezeshki)"),
         "head_input": (str, "last", "what the softmax head reads: the 'last' hidden block, or "

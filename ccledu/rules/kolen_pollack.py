@@ -28,6 +28,7 @@ import numpy as np
 
 from ..backend import asarray, is_cupy_array, rng as make_rng
 from ..losses import cross_entropy
+from ..ranges import Range
 from .base import Rule, StepResult
 from .fa import _DEFAULTS as _FA_DEFAULTS
 
@@ -36,7 +37,8 @@ class KolenPollack(Rule):
     """Kolen–Pollack: FA with B_l trained by W_l's own update and a shared decay."""
     name = "kp"
     OPTIONS = {
-        "feedback_scale": (float, 1.0, "B_l ~ U(-s/sqrt(fan_in), s/sqrt(fan_in)); s is this scale"),
+        "feedback_scale": (float, 1.0, "B_l ~ U(-s/sqrt(fan_in), s/sqrt(fan_in)); s is this scale",
+                           Range(float, 0, lo_open=True)),
     }
 
     def __init__(self, feedback_scale: float = 1.0):
