@@ -61,12 +61,17 @@ class FA(FixedFeedbackRule):
     """Feedback alignment. ``setup`` draws B_1..B_{L-1}; ``step`` is backprop with B in place of W."""
     name = "fa"
     OPTIONS = {
+        "feedback_init": (str, "uniform", "'uniform': U(+-s/sqrt(fan_in)); 'xavier': "
+                                          "s * xavier_uniform of W_l's shape (BioTorch)"),
         "feedback_scale": (float, 1.0, "B_l ~ U(-s/sqrt(fan_in), s/sqrt(fan_in)); s is this scale",
                            Range(float, 0, lo_open=True)),
     }
 
-    def __init__(self, feedback_scale: float = 1.0):
+    def __init__(self, feedback_scale: float = 1.0, feedback_init: str = "uniform"):
         super().__init__(feedback_scale)
+        if feedback_init not in ("uniform", "xavier"):
+            raise ValueError(f"feedback_init must be 'uniform' or 'xavier', got {feedback_init!r}")
+        self.feedback_init = feedback_init
 
     @classmethod
     def defaults(cls, kind: str, data: str | None = None) -> dict:
@@ -81,6 +86,9 @@ class FA(FixedFeedbackRule):
             W = model.blocks[l].main.params["weight"]
             fan_in = math.prod(W.shape[1:])
             bound = self.feedback_scale / math.sqrt(fan_in)
+            if self.feedback_init == "xavier":
+                fan_out = W.shape[0] * math.prod(W.shape[2:])
+                bound = self.feedback_scale * math.sqrt(6.0 / (fan_in + fan_out))
             host = g.uniform(-bound, bound, size=tuple(W.shape))
             self.fixed[f"fixed.{l}.weight"] = _device_array(host, W, model.dtype)
         return self
@@ -110,4 +118,5 @@ class FA(FixedFeedbackRule):
         return out
 
     def config(self) -> dict:
-        return {"rule": self.name, "feedback_scale": self.feedback_scale}
+        return {"rule": self.name, "feedback_scale": self.feedback_scale,
+                "feedback_init": self.feedback_init}
