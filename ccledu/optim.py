@@ -8,6 +8,12 @@ public CCL training loop):
 
 1. **Warm-up.** At global step t (0-based) with t < ``warmup``, every gradient is multiplied by
    (t + 1)/warmup. This equals scaling the loss by that factor before back-propagation.
+   ``warmup_mode="epoch"`` follows the public CCL scripts instead: the factor is (b + 1)/warmup
+   with b the batch index *within the current epoch* (it restarts at 0 after every
+   :meth:`Optimizer.end_epoch`), still only while t < ``warmup``. The two agree whenever the
+   warm-up fits in the first epoch; with a longer one the epoch form drops back at each epoch
+   start (e.g. warmup 100, 40 steps an epoch: factors 0.01 … 0.40, then 0.01 … 0.40 again, then
+   0.01 … 0.20, then 1).
 2. **Gradient centralization** (groups with ``centralize=True``). For every gradient g with
    more than one dimension (weights, not biases):
    g ← g − mean(g over all dims but the first), i.e. each output unit's gradient row has zero
@@ -105,9 +111,16 @@ class Optimizer:
     warmup : number of warm-up steps (0 = none).
     cosine_tmax : T_max of the per-epoch cosine schedule (0 = constant learning rate).
     eta_min : the schedule's floor η_min.
+    warmup_mode : "global" (default: factor (t + 1)/warmup, t the global step) or "epoch" (the
+        public CCL code: (b + 1)/warmup, b the batch index within the epoch, while t < warmup).
     """
 
-    def __init__(self, groups, warmup: int = 0, cosine_tmax: int = 0, eta_min: float = 0.0):
+    def __init__(self, groups, warmup: int = 0, cosine_tmax: int = 0, eta_min: float = 0.0,
+                 warmup_mode: str = "global"):
+        if warmup_mode not in ("global", "epoch"):
+            raise ValueError(f"warmup_mode must be 'global' or 'epoch', got {warmup_mode!r}")
+        self.warmup_mode = warmup_mode
+        self.epoch_step = 0                 # steps taken in the current epoch (warmup_mode="epoch")
         groups = list(groups)
         if not groups:
             raise ValueError("Optimizer needs at least one ParamGroup")
@@ -139,15 +152,23 @@ class Optimizer:
         """{group name: current learning rate}."""
         return {g.name: g.lr for g in self.groups}
 
-    def warmup_factor(self, step: int | None = None) -> float:
-        """(t + 1)/warmup for t < warmup, else 1 (t = the given or the current global step)."""
+    def warmup_factor(self, step: int | None = None, batch: int | None = None) -> float:
+        """(t + 1)/warmup for t < warmup, else 1 (t = the given or the current global step);
+        with warmup_mode="epoch", (b + 1)/warmup for t < warmup, b = ``batch`` or the current
+        batch index within the epoch."""
         t = self.step_count if step is None else step
-        return (t + 1) / self.warmup if t < self.warmup else 1.0
+        if t >= self.warmup:
+            return 1.0
+        if self.warmup_mode == "epoch":
+            b = self.epoch_step if batch is None else batch
+            return (b + 1) / self.warmup
+        return (t + 1) / self.warmup
 
     def end_epoch(self) -> dict:
         """Count one finished epoch and, with ``cosine_tmax > 0``, set every group's lr to
         η_min + (η_0 − η_min)(1 + cos(π e / T_max))/2. Returns {group: lr}."""
         self.epoch += 1
+        self.epoch_step = 0
         if self.cosine_tmax > 0:
             for g in self.groups:
                 g.lr = cosine_lr(g.initial_lr, self.epoch, self.cosine_tmax, self.eta_min)
@@ -232,6 +253,7 @@ class Optimizer:
             info[group.name] = {"grad_norm": norm, "clip_coef": coef, "lr": group.lr,
                                 "warmup_factor": factor}
         self.step_count += 1
+        self.epoch_step += 1
         return info
 
     def _adam_update(self, group, pname, p, g):

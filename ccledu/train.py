@@ -46,7 +46,7 @@ BASE_DEFAULTS = dict(
     momentum_feedback=0.0, weight_decay_forward=0.0, weight_decay_feedback=0.0,
     clip_forward=1.0, clip_feedback=1.0, centralize=False, warmup=0, cosine_tmax=0,
     eta_min=1e-3, activation="elu", bias=False, augment=False, diagnostics=False,
-    optimizer="sgd", track_test=False,
+    optimizer="sgd", track_test=False, warmup_mode="global",
 )
 
 
@@ -76,6 +76,9 @@ class TrainConfig:
            per epoch).
     rule_options: keyword arguments of the rule's constructor (its ``OPTIONS``)
     optimizer: 'sgd' (default) | 'adam' (torch.optim.Adam semantics, see ccledu.optim)
+    warmup_mode: 'global' (default: warm-up factor (t+1)/warmup over global steps t) | 'epoch'
+           (the public CCL scripts: (b+1)/warmup, b the batch index within the epoch, while
+           t < warmup; see ccledu.optim)
     """
     rule: str = "bp"
     model: str = "mlp"
@@ -93,6 +96,7 @@ class TrainConfig:
     clip_feedback: float | None = None
     centralize: bool | None = None
     warmup: int | None = None
+    warmup_mode: str | None = None
     cosine_tmax: int | None = None
     eta_min: float | None = None
     optimizer: str | None = None
@@ -197,6 +201,8 @@ def validate(config: "TrainConfig") -> "TrainConfig":
         raise ValueError(f"optimizer (--optimizer) must be 'sgd' or 'adam', got {config.optimizer!r}")
     if config.dtype not in ("float32", "float64"):
         raise ValueError(f"dtype (--dtype) must be 'float32' or 'float64', got {config.dtype!r}")
+    if config.warmup_mode is not None and config.warmup_mode not in ("global", "epoch"):
+        raise ValueError(f"warmup_mode must be 'global' or 'epoch', got {config.warmup_mode!r}")
     if not isinstance(config.rule_options, dict):
         raise ValueError(f"rule_options must be a dict of the rule's options, got "
                          f"{type(config.rule_options).__name__}")
@@ -742,7 +748,7 @@ def build_optimizer(config: TrainConfig, model, rule):
             clip=getattr(config, f"clip_{suffix}") or 0.0, centralize=bool(config.centralize),
             optimizer=config.optimizer or "sgd"))
     return Optimizer(groups, warmup=config.warmup or 0, cosine_tmax=config.cosine_tmax or 0,
-                     eta_min=config.eta_min)
+                     eta_min=config.eta_min, warmup_mode=config.warmup_mode or "global")
 
 
 class Interrupted(KeyboardInterrupt):
