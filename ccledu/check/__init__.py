@@ -132,7 +132,8 @@ def _functions_of(obj, prefix=""):
 
 
 def _resolve(spec: str):
-    """'pkg.mod' (everything it defines) or 'pkg.mod:Name.attr' -> [(qualified name, function)]."""
+    """'pkg.mod' (everything it defines itself) or 'pkg.mod:Name.attr' (that object, wherever it
+    is defined: name a re-exported reference this way) -> [(qualified name, function)]."""
     mod_name, _, attr = spec.partition(":")
     mod = importlib.import_module(mod_name)
     if not attr:
