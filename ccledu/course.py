@@ -578,8 +578,10 @@ def answer_key(src, tasks=None) -> str:
                 for m in _WITHHELD_BEGIN.finditer(text):
                     e = _WITHHELD_END.search(text, m.end())
                     listed = ", ".join(f"Task {x.strip()}" for x in m.group(1).split(","))
-                    out += [f"**Withheld from students ({listed}):**", "",
-                            text[m.end():e.start()].strip(), ""]
+                    body = text[m.end():e.start()].strip()
+                    if text[:m.start()].count("$$") % 2:           # part of a display formula
+                        body = f"$$\n{body}\n$$"
+                    out += [f"**Withheld from students ({listed}):**", "", body, ""]
                 if _nbgrader_meta(cell).get("solution"):
                     out += ["### Model answers to the questions", "",
                             _region_text(lines).strip() or text.strip(), ""]
