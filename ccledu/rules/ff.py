@@ -534,6 +534,7 @@ class FF(Rule):
             dlogits = xp.zeros_like(dlogits)
         if self.head:
             head_grad = dlogits.T @ feats        # ∇W_head = δᵀ features (C, Σ |a_l|)
+            head.out = logits                    # the head stands in for the classifier block
         else:
             head.backward(dlogits, need_dx=False)
         # 2. negatives
