@@ -183,7 +183,8 @@ _CIFAR_LAYOUT = {
 }
 
 
-def _lookup(name: str) -> DatasetInfo:
+def lookup(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of a dataset name (any common spelling); ValueError if unknown."""
     if isinstance(name, DatasetInfo):
         return name
     key = str(name).strip().lower().replace("_", "-")
@@ -343,7 +344,7 @@ def dataset_dir(name, root=None, download: bool = False, checksums: dict | None 
     Raises ``FileNotFoundError`` naming the missing files, the directories searched and the fix
     when the files are nowhere and ``download`` is False.
     """
-    info = _lookup(name)
+    info = lookup(name)
     sums = {**info.files, **(checksums or {})}
     candidates = _candidate_dirs(info, root)
     for i, d in enumerate(candidates):
@@ -480,7 +481,7 @@ def read_cifar_archive(path, kind: str, blob: bytes | None = None, md5: str | No
     uint8 (N, 3, 32, 32) and ``train_y``/``test_y`` int64 (N,). A damaged archive raises
     ``ValueError`` with one line.
     """
-    layout = _CIFAR_LAYOUT[_lookup(kind).name]
+    layout = _CIFAR_LAYOUT[lookup(kind).name]
     key = layout["label_key"]
     if blob is None and md5 is not None:
         blob = read_verified(path, md5)
@@ -527,7 +528,7 @@ def write_cifar_archive(path, kind: str, train_images, train_labels, test_images
     ``data_batch_1..5`` as evenly as possible; CIFAR-100 coarse labels are written as zeros (the
     readers here use the fine labels only). Returns the archive's path.
     """
-    info = _lookup(kind)
+    info = lookup(kind)
     if info.format != "cifar":
         raise ValueError(f"write_cifar_archive writes cifar10 or cifar100, not {info.name!r}")
     layout = _CIFAR_LAYOUT[info.name]
@@ -590,7 +591,7 @@ def load_dataset(name, root=None, download: bool = False, checksums: dict | None
     Returns a :class:`Dataset`: ``train_x`` (N, C, H, W) uint8, ``train_y`` (N,) int64, and the
     same for test.
     """
-    info = _lookup(name)
+    info = lookup(name)
     sums = {**info.files, **(checksums or {})}
     d = dataset_dir(info, root=root, download=download, checksums=checksums)
     # Read every file once, hash those bytes, and parse only them (never the file again): what

@@ -8,9 +8,10 @@ Setting resolution, lowest priority first:
 
 1. the project's defaults (the public CCL MLP configuration: batch 256, SGD lr 1, momentum 0,
    no weight decay, global-norm clip 1 per group, no warm-up, no cosine schedule, 100 epochs);
-2. the rule's ``defaults(kind, data)`` (e.g. CCL's CNN configuration on CIFAR); a "model" there
-   replaces a plain ``model="mlp"``/``"cnn"`` (e.g. FF's 2 × 500 MLP on MNIST);
-3. the rule's ``PRESETS[preset]`` when ``preset`` names one (e.g. ``ff`` ``paper``);
+2. the rule's entry of the presets table for (rule, model kind, dataset), ``ccledu/presets.py``
+   (e.g. CCL's CNN configuration on CIFAR); a "model" there replaces a plain
+   ``model="mlp"``/``"cnn"`` (e.g. FF's 2 × 500 MLP on MNIST);
+3. the rule's named preset when ``preset`` names one (e.g. ``ff`` ``paper``);
 4. every field the caller set explicitly (anything not ``None``).
 
 Every numeric setting has a valid range (:data:`RANGES`, checked by :func:`validate` before
@@ -37,17 +38,13 @@ import numpy as np
 from . import __version__
 from .backend import asarray, get_array_module, machine_info, to_numpy, use
 from .models import build_model, parse_spec
+from .presets import PROJECT, named, resolve_sources
 from .ranges import Range
 from .rules import rule_class
 
 #: values used when neither the rule nor the caller sets a field
-BASE_DEFAULTS = dict(
-    epochs=100, batch_size=256, lr_forward=1.0, lr_feedback=1.0, momentum_forward=0.0,
-    momentum_feedback=0.0, weight_decay_forward=0.0, weight_decay_feedback=0.0,
-    clip_forward=1.0, clip_feedback=1.0, centralize=False, warmup=0, cosine_tmax=0,
-    eta_min=1e-3, activation="elu", bias=False, augment=False, diagnostics=False,
-    optimizer="sgd", track_test=False, warmup_mode="global",
-)
+#: the project's defaults (``ccledu/presets.py``, :data:`ccledu.presets.PROJECT`)
+BASE_DEFAULTS = PROJECT
 
 
 class DivergenceError(RuntimeError):
@@ -126,15 +123,15 @@ class TrainConfig:
 
 def resolve(config: TrainConfig) -> TrainConfig:
     """Fill every ``None`` field from the rule's presets/defaults and the project's defaults."""
-    from .data import _lookup
+    from .data import lookup
 
     cls = rule_class(config.rule)
-    config = dataclasses.replace(config, data=_lookup(config.data).name)  # validates the name
+    config = dataclasses.replace(config, data=lookup(config.data).name)  # validates the name
     kind = parse_spec(config.model, config.data)[0]
     merged = dict(BASE_DEFAULTS)
-    rule_defaults = cls.defaults(kind, config.data) if hasattr(cls, "defaults") else {}
+    rule_defaults = cls.defaults(kind, config.data)
     merged.update(rule_defaults)
-    presets = getattr(cls, "PRESETS", {}) or {}
+    presets = named(config.rule)
     if config.preset not in (None, "paper", "default") and config.preset not in presets:
         raise ValueError(f"rule {config.rule!r} has no preset {config.preset!r}; "
                          f"available: {sorted(presets) or 'none'}")
@@ -156,6 +153,20 @@ def resolve(config: TrainConfig) -> TrainConfig:
         out["model"] = rule_defaults["model"]      # plain "mlp"/"cnn": the rule's own default
     out["rule_options"] = rule_options
     return TrainConfig(**out)
+
+
+def sources(config: TrainConfig) -> dict:
+    """setting -> where :func:`resolve` takes its value from for ``config`` (as given, before
+    resolution): "user", "preset <name>", "rule (<provenance>)" or "project defaults"
+    (:func:`ccledu.presets.resolve_sources`); rule options as ``rule_options.<name>``."""
+    from .data import lookup
+
+    data = lookup(config.data).name
+    kind = parse_spec(config.model, data)[0]
+    explicit = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                if f.name not in ("rule", "model", "data", "seed", "dtype", "backend", "preset",
+                                  "val_fraction", "out", "limit_train", "limit_test", "data_root")}
+    return resolve_sources(config.rule, kind, data, config.preset, explicit)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,7 +257,7 @@ def _nonfinite_to_none(o):
 
 def _json_text(obj) -> str:
     """Strict JSON (NaN/inf written as null, so every JSON reader accepts the file)."""
-    plain = json.loads(json.dumps(obj, default=_json_default))
+    plain = json.loads(json.dumps(obj, default=json_default))
     return json.dumps(_nonfinite_to_none(plain), indent=1, allow_nan=False)
 
 
@@ -794,9 +805,9 @@ def run(config: TrainConfig | dict | None = None, progress: bool = True, resume=
     ``epochs`` only) and ends bit for bit as the uninterrupted run would have.
     ``on_epoch(entry)`` is called after every epoch (and after its checkpoint).
     """
-    from .data import _lookup
+    from .data import lookup
 
-    state = ck_arrays = None
+    state = ck_arrays = origin = None
     if resume is not None:
         state, ck_arrays = load_checkpoint(resume)
         rdir = Path(resume)
@@ -808,20 +819,47 @@ def run(config: TrainConfig | dict | None = None, progress: bool = True, resume=
             raise ValueError("run() needs a config (or resume=<the out folder of a run>)")
         if isinstance(config, dict):
             config = TrainConfig.from_dict(config)
-        config = validate(resolve(validate(config)))
-    info = _lookup(config.data)
+        config = validate(config)
+        origin = sources(config)
+        config = validate(resolve(config))
+    info = lookup(config.data)
     t_start = time.perf_counter()
     rundir = RunDir(config.out) if config.out else None
     if rundir is not None:
         rundir.acquire()
     try:
-        return _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_start)
+        return _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_start,
+                           origin)
     finally:
         if rundir is not None:
             rundir.release()
 
 
-def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_start):
+def settings_header(config: TrainConfig, origin: dict, n_train: int) -> list:
+    """Lines of the run header: every resolved training setting with where it came from
+    (:func:`sources`), and a warning when the warm-up is longer than the run."""
+    skip = {"rule", "model", "data", "seed", "dtype", "backend", "out", "data_root",
+            "rule_options", "preset", "val_fraction", "limit_train", "limit_test"}
+    groups = {}
+    values = [(f.name, getattr(config, f.name)) for f in dataclasses.fields(config)
+              if f.name not in skip]
+    values += [(f"rule_options.{k}", v) for k, v in sorted(config.rule_options.items())]
+    for name, v in values:
+        where = origin.get(name, "user" if name.startswith("rule_options.") else "project defaults")
+        groups.setdefault(where, []).append(f"{name.replace('rule_options.', '')}={v!r}")
+    order = sorted(groups, key=lambda w: (w != "user", not w.startswith("preset"),
+                                          not w.startswith("rule"), w))
+    lines = [f"settings, {'given by you' if w == 'user' else 'from the ' + w}: "
+             f"{', '.join(groups[w])}" for w in order]
+    steps = -(-n_train // config.batch_size) * config.epochs
+    if config.warmup and config.warmup > steps:
+        lines.append(f"warning: the warm-up ({config.warmup} steps) is longer than the run "
+                     f"({steps} steps): the learning rate never reaches its full value; lower "
+                     f"--warmup or raise --epochs")
+    return lines
+
+
+def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_start, origin=None):
     with use(config.backend):
         model = build_model(config.model, data=config.data, activation=config.activation,
                             bias=config.bias, seed=config.seed, dtype=config.dtype)
@@ -853,6 +891,8 @@ def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_st
             print(f"ccledu {__version__}: rule {config.rule}, {config.data} "
                   f"({len(train[1])} train / {len(val[1])} val / {len(test[1])} test), backend "
                   f"{config.backend}, {config.dtype}\n{model.describe()}", flush=True)
+            if origin is not None:
+                print("\n".join(settings_header(config, origin, len(train[1]))), flush=True)
             if state is not None:
                 print(f"resuming after epoch {start - 1} from {rundir.path / CHECKPOINT}", flush=True)
         ck_path = rundir.path / CHECKPOINT if rundir is not None else None
@@ -952,12 +992,15 @@ def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_st
     return metrics
 
 
-def _json_default(o):
+def json_default(o):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
+
+
+_json_default = json_default      # the older name (ccledu/sweep.py uses it)
 
 
 def quick_mode() -> bool:

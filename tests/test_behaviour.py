@@ -68,3 +68,24 @@ def test_histories_identical(fresh):
     assert set(old) <= set(new)
     for k in old:
         assert new[k] == old[k], f"history {k} changed"
+
+
+def test_training_defaults_unchanged(tmp_path):
+    """The presets table (ccledu/presets.py) gives every rule the settings its own file gave
+    before (rule defaults per kind and dataset, named presets, resolved configs); settings added
+    since (absent from the fixture) must resolve to None."""
+    import subprocess
+    import sys
+    out = tmp_path / "defaults.json"
+    subprocess.run([sys.executable, os.path.join(HERE, "record_defaults.py"), str(out)], check=True)
+    with open(os.path.join(HERE, "defaults.json")) as fh:
+        old = json.load(fh)
+    with open(out) as fh:
+        new = json.load(fh)
+    assert set(old) == set(new)
+    for k, v in old.items():
+        got = new[k]
+        if isinstance(v, dict) and k.startswith("resolve|"):
+            assert all(got[f] is None for f in set(got) - set(v)), k
+            got = {f: got[f] for f in v}
+        assert got == v, k

@@ -251,8 +251,10 @@ def test_margin_loss_evaluate_is_the_expected_step_loss():
 def test_registry_options_presets_and_config():
     rule = get_rule("ff", theta=3.0, goodness="mean")
     assert isinstance(rule, FF) and rule.theta == 3.0
-    for name, (typ, default, help_) in FF.OPTIONS.items():
+    for name, (typ, default, help_, *rng) in FF.OPTIONS.items():
         assert isinstance(default, typ) and help_
+        if rng:                                   # a Range accepts the default
+            assert rng[0].check(default, name) == default
     cfg = rule.config()
     assert cfg["rule"] == "ff" and cfg["goodness"] == "mean" and cfg["theta"] == 3.0
     assert cfg["loss_form"] == "threshold" and "grating" in cfg["overlay"]

@@ -10,6 +10,14 @@ from dataclasses import dataclass, field
 
 from ..backend import get_array_module
 from ..losses import cross_entropy
+from ..presets import named, rule_defaults
+
+
+class _NamedPresets:
+    """``Rule.PRESETS``: the rule's named presets of ``ccledu/presets.py`` (read-only)."""
+
+    def __get__(self, obj, cls):
+        return named(cls.name)
 
 
 @dataclass
@@ -37,17 +45,18 @@ class Rule:
     name = "base"
     #: constructor options the CLI exposes as flags: name -> (type, default, help)
     OPTIONS: dict = {}
-    #: named training-config overrides (``--preset NAME``)
-    PRESETS: dict = {}
+    #: named training-config overrides (``--preset NAME``), from ``ccledu/presets.py``
+    PRESETS = _NamedPresets()
 
     @classmethod
-    def defaults(cls, kind: str, data: str) -> dict:
+    def defaults(cls, kind: str, data: str | None = None) -> dict:
         """Training-config overrides for this rule on a model of ``kind`` ('mlp'|'cnn') and
-        dataset ``data``. The base rule keeps the project defaults."""
-        return {}
+        dataset ``data``: the matching entry of the presets table (``ccledu/presets.py``)."""
+        return rule_defaults(cls.name, kind, data)
 
     def setup(self, model, seed=0):
-        self.model_spec = model.spec()
+        """Draw the rule's own matrices for ``model`` (host RNG from ``seed``); the base rule
+        owns none."""
         return self
 
     # -- parameters the rule owns ------------------------------------------------------------

@@ -18,19 +18,9 @@ from ..losses import cross_entropy
 from .base import Rule, StepResult
 
 
-#: the public BP CNN configuration on CIFAR (see the module docstring)
-_CNN_CIFAR = dict(batch_size=256, lr_forward=0.03, momentum_forward=0.5, weight_decay_forward=1e-5,
-                  clip_forward=0.0, centralize=True, warmup=200, cosine_tmax=100, eta_min=1e-3)
-
-
 class BP(Rule):
     """Backprop. ``step`` runs the forward pass, then the chain rule through every block."""
     name = "bp"
-
-    @classmethod
-    def defaults(cls, kind: str, data: str) -> dict:
-        """The public BP CNN optimiser for ``kind == "cnn"`` on CIFAR-10/100, else nothing."""
-        return dict(_CNN_CIFAR) if kind == "cnn" and data in ("cifar10", "cifar100") else {}
 
     def step(self, model, x, y) -> StepResult:
         logits = model.forward(x)

@@ -76,32 +76,6 @@ MLP_WIDTH_REF = 256
 #: configs s_C = 1
 DEFAULT_SCALE = {"mlp": 0.5, "cnn": 1.0}
 
-# Training-config overrides reproducing the public YAML files (yaml/mlp/*_ccl.yaml,
-# yaml/cnn/*_ccl.yaml). The MLP configuration is the same for every dataset.
-_MLP_DEFAULTS = dict(
-    batch_size=256, lr_forward=1.0, lr_feedback=1.0, momentum_forward=0.0,
-    momentum_feedback=0.0, weight_decay_forward=0.0, weight_decay_feedback=0.0,
-    clip_forward=1.0, clip_feedback=1.0, centralize=False, warmup=0, cosine_tmax=0,
-)
-_CNN_CIFAR10 = dict(
-    batch_size=128, lr_forward=1.0, lr_feedback=1.0, momentum_forward=0.8,
-    momentum_feedback=0.8, weight_decay_forward=1e-6, weight_decay_feedback=1e-6,
-    clip_forward=0.3, clip_feedback=0.3, centralize=True, warmup=100, cosine_tmax=100,
-    eta_min=1e-3, rule_options={"flood": 0.1},
-)
-_CNN_DEFAULTS = {
-    "cifar10": _CNN_CIFAR10,
-    # momentum 0.5, no clipping, no flooding (filter_target 0) in the public CIFAR-100 file
-    "cifar100": dict(_CNN_CIFAR10, momentum_forward=0.5, momentum_feedback=0.5,
-                     clip_forward=0.0, clip_feedback=0.0, rule_options={}),
-    # the public MNIST / Fashion-MNIST CNN files: plain SGD, clip 1, warm-up 100, λ = 0.5
-    "mnist": dict(_MLP_DEFAULTS, warmup=100, eta_min=1e-3, rule_options={"scale": 0.5}),
-}
-_CNN_DEFAULTS["fashion-mnist"] = _CNN_DEFAULTS["mnist"]
-_DATA_ALIASES = {"fashion": "fashion-mnist", "fmnist": "fashion-mnist",
-                 "fashionmnist": "fashion-mnist", "cifar-10": "cifar10", "cifar-100": "cifar100"}
-
-
 # --------------------------------------------------------------------------------------------
 # The loss terms, each with its gradient
 # --------------------------------------------------------------------------------------------
@@ -234,24 +208,6 @@ class CCL(Rule):
         self.feedback: list = []           # feedback block l: maps block l's output to its input
         self.signals: list = []
         self.mask = None
-
-    @classmethod
-    def defaults(cls, kind: str, data: str | None = None) -> dict:
-        """Training-config overrides reproducing the public configurations.
-
-        MLP (any dataset): batch 256, SGD lr 1/1, momentum 0, clip 1 per group, no warm-up.
-        CNN: CIFAR-10 (also used for an unknown dataset) batch 128, lr 1/1, momentum 0.8,
-        weight decay 1e-6, clip 0.3, warm-up 100, cosine over 100 epochs, gradient
-        centralization, flooding 0.1; CIFAR-100 the same with momentum 0.5, no clipping, no
-        flooding; MNIST / Fashion-MNIST batch 256, lr 1, momentum 0, clip 1, warm-up 100, λ = 0.5.
-        """
-        if kind != "cnn":
-            return dict(_MLP_DEFAULTS)
-        key = (data or "cifar10").strip().lower()
-        key = _DATA_ALIASES.get(key, key)
-        out = dict(_CNN_DEFAULTS.get(key, _CNN_CIFAR10))
-        out["rule_options"] = dict(out.get("rule_options", {}))
-        return out
 
     # -- the feedback net ----------------------------------------------------------------------
     def setup(self, model, seed=0):

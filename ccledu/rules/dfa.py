@@ -54,20 +54,6 @@ from ..losses import cross_entropy
 from ..ranges import Range
 from .base import FixedFeedbackRule, StepResult
 
-#: Training-config overrides (TrainConfig field names). With the paper-like defaults (batch 256,
-#: SGD lr 1, momentum 0, clip 1) DFA reaches ~85-90 % on MNIST after 2 epochs (depending on
-#: the scale of D); a smaller batch, a smaller step with some momentum and gradient
-#: centralization reach 93.8 % test after 2 epochs (seed 0, feedback_scale 0.3).
-#: For long runs: weight decay 1e-4 and a cosine over 100 epochs (the paper's run length) down to
-#: eta_min = 1e-3. Without them the training loss of the paper MLP rises from epoch 3 on
-#: (Fashion-MNIST, seed 0: 0.50 -> 2.55 by epoch 100), the lowest validation loss comes at epoch 2
-#: and the validation accuracy swings by several points between epochs; with both, the loss falls
-#: to 0.22, the lowest validation loss comes at epoch 78 (validation accuracy 88.5 % there, 83.1 %
-#: at the old epoch 2) and the 2-epoch result is unchanged (93.7 % MNIST test).
-_DEFAULTS: dict = {"batch_size": 128, "lr_forward": 0.2, "momentum_forward": 0.5,
-                   "centralize": True, "weight_decay_forward": 1e-4, "cosine_tmax": 100}
-
-
 class DFA(FixedFeedbackRule):
     """Direct feedback alignment. ``setup`` draws D_0..D_{L-2}; ``step`` injects e D_lᵀ into a_l."""
     name = "dfa"
@@ -89,11 +75,6 @@ class DFA(FixedFeedbackRule):
         if feedback_init not in ("uniform", "xavier"):
             raise ValueError(f"feedback_init must be 'uniform' or 'xavier', got {feedback_init!r}")
         self.conv_feedback, self.feedback_init = conv_feedback, feedback_init
-
-    @classmethod
-    def defaults(cls, kind: str, data: str | None = None) -> dict:
-        """Training-config overrides for DFA (see ``_DEFAULTS``), the same for every model kind."""
-        return dict(_DEFAULTS)
 
     def setup(self, model, seed=0):
         super().setup(model, seed)

@@ -43,10 +43,6 @@ class DRL(DTP):
         self.drl_target = drl_target
         super().__init__(**options)
 
-    @classmethod
-    def defaults(cls, kind: str, data: str | None = None) -> dict:
-        return DTP.defaults(kind, data)
-
     def feedback_loss_grad(self, model, l, x_in, acts, noise, const=None):
         """(L^fb_l, ∂L^fb_l/∂Q_l) for the DRL objective; noise['q'] (N, d_{l−1}). The gradient
         holds the difference term a_{l−1} − g_l(a_l) fixed (``const``: pass it to evaluate the

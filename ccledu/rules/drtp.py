@@ -41,14 +41,6 @@ from ..losses import cross_entropy, one_hot
 from ..ranges import Range
 from .base import FixedFeedbackRule, StepResult
 
-#: The public code's MNIST defaults (main.py: batch 100, 100 epochs, tanh hidden units, SGD with
-#: momentum 0.9 — Nesterov there, plain here) with the learning rate 0.01 of the CCL paper's DRTP
-#: grid {0.01, 0.03, 0.1, 0.3} (the code's 1e-4 goes with its un-normalised hidden signal and
-#: BCE head; see the module docstring).
-_DEFAULTS = {"activation": "tanh", "batch_size": 100, "lr_forward": 0.01, "momentum_forward": 0.9,
-             "clip_forward": 0.0}
-
-
 class DRTP(FixedFeedbackRule):
     """Direct random target projection. ``setup`` draws D_0..D_{L−2}; ``step`` injects Y D_lᵀ/N."""
     name = "drtp"
@@ -65,10 +57,6 @@ class DRTP(FixedFeedbackRule):
             raise ValueError(f"feedback_std must be >= 0 (0 = Kaiming-uniform), got {feedback_std}")
         self.feedback_std = float(feedback_std)
         self.feedback_mean = float(feedback_mean)
-
-    @classmethod
-    def defaults(cls, kind: str, data: str | None = None) -> dict:
-        return dict(_DEFAULTS)
 
     def setup(self, model, seed=0):
         super().setup(model, seed)

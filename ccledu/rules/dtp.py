@@ -183,11 +183,6 @@ def orthogonal_(shape, g: np.random.Generator):
 # The rule family
 # --------------------------------------------------------------------------------------------
 
-#: The code's defaults (Main.py) that every TP rule shares unless its ``defaults`` says otherwise.
-_TP_TRAIN = {"activation": "tanh", "batch_size": 256, "momentum_forward": 0.0, "clip_forward": 0.0,
-             "centralize": False, "weight_decay_forward": 0.0}
-
-
 class TargetPropagation(Rule):
     """Shared core of DTP, DRL, L-DRL and FW-DTP. Subclasses set ``feedback_loss``
     ('dtp' | 'drl' | 'ldrl' | None for fixed feedback) and ``fixed_feedback``.
@@ -261,10 +256,6 @@ class TargetPropagation(Rule):
         self._noise_rng = make_rng([int(seed) if not isinstance(seed, np.random.Generator) else 0, 0x7D8])
         self._steps = 0
         return self
-
-    @classmethod
-    def defaults(cls, kind: str, data: str | None = None) -> dict:
-        return dict(_TP_TRAIN)
 
     def parameters(self) -> dict:
         """Learned feedback weights Q_l, ``feedback.<l>.weight`` (d_{l−1}, d_l); trained inside
@@ -482,10 +473,3 @@ class DTP(TargetPropagation):
     """
     name = "dtp"
     feedback_loss = "dtp"
-
-    @classmethod
-    def defaults(cls, kind: str, data: str | None = None) -> dict:
-        d = dict(_TP_TRAIN)
-        d.update(lr_forward=1.0, rule_options={"stepsize": 0.01, "lr_backward": 1e-3,
-                                                "noise_std": 0.01, "feedback_iters": 5})
-        return d

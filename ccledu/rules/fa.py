@@ -36,22 +36,6 @@ from ..losses import cross_entropy
 from ..ranges import Range
 from .base import FixedFeedbackRule, StepResult
 
-#: Training-config overrides (TrainConfig field names). The paper-like defaults (batch 256,
-#: SGD lr 1, momentum 0, clip 1) give only ~82 % on MNIST after 2 epochs with the paper MLP:
-#: the hidden layers' FA updates make their activations grow, the classifier's effective step
-#: grows with them and oscillates. Smaller batches with a smaller, momentum-smoothed step,
-#: plus gradient centralization (which removes the mean-input drift that drives that growth),
-#: reach 93.2 % test after 2 epochs (seed 0; sweep of batch 16-256, lr 0.01-3, momentum 0-0.95).
-#: For long runs the learning rate follows a cosine over 100 epochs (the paper's run length) down
-#: to eta_min = 1e-3: at a constant rate the training loss of the paper MLP *rises* after epoch 3
-#: (Fashion-MNIST, seed 0: 0.51 -> 1.27 by epoch 100) and the validation accuracy swings by
-#: points between epochs; with the schedule the loss falls to 0.26 and the epoch of lowest
-#: validation loss is epoch 99 (validation accuracy 87.9 % there against 83.7 % at the constant
-#: rate's epoch 4). Over the first 2 epochs the schedule changes the rate by < 0.1 %.
-_DEFAULTS: dict = {"batch_size": 32, "lr_forward": 0.03, "momentum_forward": 0.9,
-                   "centralize": True, "cosine_tmax": 100}
-
-
 def _device_array(host, like, dtype):
     """Move a host array to the array module of ``like`` (the model's weights), as ``dtype``."""
     return asarray(host, dtype=dtype, backend="cupy" if is_cupy_array(like) else "numpy")
@@ -72,11 +56,6 @@ class FA(FixedFeedbackRule):
         if feedback_init not in ("uniform", "xavier"):
             raise ValueError(f"feedback_init must be 'uniform' or 'xavier', got {feedback_init!r}")
         self.feedback_init = feedback_init
-
-    @classmethod
-    def defaults(cls, kind: str, data: str | None = None) -> dict:
-        """Training-config overrides for FA (see ``_DEFAULTS``), the same for every model kind."""
-        return dict(_DEFAULTS)
 
     def setup(self, model, seed=0):
         super().setup(model, seed)

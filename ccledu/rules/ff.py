@@ -90,47 +90,6 @@ from .base import Rule, StepResult
 
 EPS = 1e-8
 
-#: Training presets (TrainConfig fields). "cpu": the 2 × 500 ReLU MLP with the margin loss, the
-#: default of ``ccledu train --rule ff --model mlp`` on MNIST / Fashion-MNIST (see docs/ff.md for
-#: its time and accuracy); "cnn": three conv blocks (16, 32, 64 channels), margin loss, Adam,
-#: goodness of blocks 1 and 2 counted, the default of ``--model cnn`` on MNIST / Fashion-MNIST
-#: (block 0's 3×3 fields are too local to judge a label, see docs/ff.md); "paper": Hinton's
-#: 4 × 2000 ReLU with the threshold loss, 60 epochs (GPU).
-PRESETS = {
-    "cpu": {
-        "model": "mlp:784-500-500-10", "activation": "relu", "epochs": 15,
-        "batch_size": 200, "lr_forward": 2.0, "momentum_forward": 0.9, "optimizer": "sgd",
-        "weight_decay_forward": 0.0, "clip_forward": 0.0, "warmup": 0, "cosine_tmax": 15,
-        "eta_min": 0.0, "diagnostics": True,
-        "rule_options": {"loss": "margin", "alpha": 10.0, "goodness": "sum", "predict": "goodness",
-                         "ff_layers": "all", "negatives": "uniform"},
-    },
-    "cnn": {
-        "model": "cnn:1x28x28-c16-c32-c64-10", "activation": "relu", "epochs": 6,
-        "batch_size": 100, "optimizer": "adam", "lr_forward": 0.003, "momentum_forward": 0.0,
-        "weight_decay_forward": 0.0, "clip_forward": 0.0, "warmup": 0, "cosine_tmax": 0,
-        "eta_min": 0.0, "diagnostics": True,
-        "rule_options": {"loss": "margin", "alpha": 10.0, "goodness": "sum", "predict": "goodness",
-                         "ff_layers": "skip_first", "negatives": "uniform",
-                         "cnn_overlay": "grating"},
-    },
-    "paper": {
-        "model": "mlp:784-2000-2000-2000-2000-10", "activation": "relu", "epochs": 60,
-        "batch_size": 200, "lr_forward": 2.0, "momentum_forward": 0.9, "optimizer": "sgd",
-        "weight_decay_forward": 0.0, "clip_forward": 0.0, "warmup": 0, "cosine_tmax": 60,
-        "eta_min": 0.0, "diagnostics": True,
-        "rule_options": {"loss": "threshold", "theta": 2.0, "goodness": "sum",
-                         "predict": "goodness", "ff_layers": "skip_first", "negatives": "uniform"},
-    },
-}
-
-_DEFAULT_KEYS = ("activation", "batch_size", "lr_forward", "momentum_forward", "optimizer",
-                 "weight_decay_forward", "clip_forward", "warmup", "diagnostics")
-
-#: datasets whose images are 28 × 28 grey with 10 classes (the "cpu" preset's 784 inputs)
-_MNIST_LIKE = ("mnist", "fashion-mnist")
-
-
 def softplus(t):
     """log(1 + eᵗ), evaluated as max(t, 0) + log1p(e^{−|t|}) so it never overflows."""
     xp = get_array_module(t)
@@ -216,7 +175,6 @@ class FF(Rule):
         "init": (str, "model", "'model': keep the model's weights; 'normal_fan_out': redraw each "
                                "hidden W_l ~ N(0, 1/out_l), biases 0 (loeweX)"),
     }
-    PRESETS = PRESETS
 
     def __init__(self, theta: float = 2.0, goodness: str = "sum", predict: str = "goodness",
                  ff_layers: str = "all", label_value: float = 0.0, negatives: str = "uniform",
@@ -274,18 +232,6 @@ class FF(Rule):
         self.seed = 0
 
     # -- configuration -----------------------------------------------------------------------
-    @classmethod
-    def defaults(cls, kind: str, data: str | None = None) -> dict:
-        """Training-config overrides. Every model: ReLU, SGD lr 2 with momentum 0.9, batch 200,
-        no clipping, no warm-up, diagnostics on (per-block goodness and accuracy every epoch).
-        A plain MLP on MNIST / Fashion-MNIST: the whole ``"cpu"`` preset (2 × 500 MLP, margin
-        loss, 15 epochs, cosine), so ``ccledu train --rule ff --model mlp`` runs it; a plain CNN
-        there: the whole ``"cnn"`` preset (c16-c32-c64, margin loss, Adam, skip_first)."""
-        if kind in ("mlp", "cnn") and data in _MNIST_LIKE:
-            preset = PRESETS["cpu" if kind == "mlp" else "cnn"]
-            return {k: (dict(v) if isinstance(v, dict) else v) for k, v in preset.items()}
-        return {k: PRESETS["cpu"][k] for k in _DEFAULT_KEYS}
-
     def config(self) -> dict:
         return {
             "rule": self.name,

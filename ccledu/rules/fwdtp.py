@@ -19,7 +19,7 @@ their plain ``FWDTP``.
 """
 from __future__ import annotations
 
-from .dtp import _TP_TRAIN, TargetPropagation
+from .dtp import TargetPropagation
 
 
 class FWDTP(TargetPropagation):
@@ -31,9 +31,3 @@ class FWDTP(TargetPropagation):
     def __init__(self, **options):
         options.setdefault("batchnorm", True)
         super().__init__(**options)
-
-    @classmethod
-    def defaults(cls, kind: str, data: str | None = None) -> dict:
-        d = dict(_TP_TRAIN)
-        d.update(lr_forward=0.1, rule_options={"stepsize": 0.04, "batchnorm": True})
-        return d

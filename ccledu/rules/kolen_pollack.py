@@ -30,7 +30,6 @@ from ..backend import asarray, is_cupy_array, rng as make_rng
 from ..losses import cross_entropy
 from ..ranges import Range
 from .base import Rule, StepResult
-from .fa import _DEFAULTS as _FA_DEFAULTS
 
 
 class KolenPollack(Rule):
@@ -46,14 +45,6 @@ class KolenPollack(Rule):
             raise ValueError(f"feedback_scale must be > 0, got {feedback_scale}")
         self.feedback_scale = float(feedback_scale)
         self.B: dict = {}
-
-    @classmethod
-    def defaults(cls, kind: str, data: str | None = None) -> dict:
-        d = dict(_FA_DEFAULTS)
-        d.update(lr_feedback=d["lr_forward"], momentum_feedback=d["momentum_forward"],
-                 weight_decay_forward=1e-4, weight_decay_feedback=1e-4,
-                 clip_forward=0.0, clip_feedback=0.0)
-        return d
 
     def setup(self, model, seed=0):
         super().setup(model, seed)

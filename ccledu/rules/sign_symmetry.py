@@ -34,7 +34,6 @@ import numpy as np
 from ..backend import asarray, get_array_module, is_cupy_array, rng as make_rng
 from ..losses import cross_entropy
 from .base import Rule, StepResult
-from .fa import _DEFAULTS as _FA_DEFAULTS
 
 VARIANTS = ("usf", "brsf", "frsf")
 
@@ -49,10 +48,6 @@ class SignSymmetry(Rule):
             raise ValueError(f"unknown sign-symmetry variant {variant!r}; choose one of {list(VARIANTS)}")
         self.variant = variant
         self.fixed: dict = {}
-
-    @classmethod
-    def defaults(cls, kind: str, data: str | None = None) -> dict:
-        return dict(_FA_DEFAULTS)
 
     def setup(self, model, seed=0):
         super().setup(model, seed)
