@@ -267,7 +267,7 @@ def main(argv=None) -> int:
         print(describe(a.preset, rule))
         return 0
     if a.action == "trace":
-        from .tracing.record import write_trace
+        from .tracing.record import OPT_FIELDS, write_trace
         if not a.out:
             print("error: trace needs --out FILE.npz", file=sys.stderr)
             return 2
@@ -277,7 +277,8 @@ def main(argv=None) -> int:
             meta = write_trace(a.out, rule, model, a.batch_size or 8, seed=a.seed,
                                dtype=a.dtype or "float64", activation=s.get("activation", "elu"),
                                data=a.data, rule_options=dict(s.get("rule_options", {})),
-                               bias=bool(s.get("bias", False)))
+                               bias=bool(s.get("bias", False)),
+                               optimizer={k: s[k] for k in OPT_FIELDS if k in s})
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
