@@ -241,9 +241,9 @@ class FF(Rule):
                      f"L_l = mean_n softplus(-alpha (g_l(x+) - g_l(x-))), alpha = {self.alpha}"),
             "goodness": self.goodness,
             "theta": self.theta,
-            "normalisation": (f"u_l = a_{{l-1}} / (||a_{{l-1}}|| + {self.norm_eps:g}) per sample, all features"
+            "normalisation": (f"u_l = a_{{l-1}} / (||a_{{l-1}}|| + {self._eps_text()}) per sample, all features"
                               if self.norm == "l2" else
-                              f"u_l = a_{{l-1}} / (sqrt(mean(a_{{l-1}}^2)) + {self.norm_eps:g}) per sample, all features"),
+                              f"u_l = a_{{l-1}} / (sqrt(mean(a_{{l-1}}^2)) + {self._eps_text()}) per sample, all features"),
             "norm": self.norm, "norm_eps": self.norm_eps,
             "theta_mode": self.theta_mode, "loss_mean": self.loss_mean,
             "peer_norm": self.peer_norm, "peer_momentum": self.peer_momentum,
@@ -316,6 +316,9 @@ class FF(Rule):
         if self.head:
             groups["head"] = dict(self.head)
         return groups
+
+    def _eps_text(self) -> str:
+        return "1e-8" if self.norm_eps == EPS else f"{self.norm_eps:g}"
 
     def normalise(self, a):
         """The layer-input normalisation chosen by ``norm`` / ``norm_eps``."""
