@@ -51,7 +51,38 @@ TRAIN_FIELDS = [
 ]
 
 
-def _add_train(sub):
+def _help_context(argv) -> dict | None:
+    """For ``ccledu train ... --help``: the settings as :func:`ccledu.train.resolve` would
+    resolve them for the flags on the line (--rule, --model, --data, --preset, ...), and where each comes from
+    (shown in the help); None when not asking for help or when those flags are unusable."""
+    if not argv or argv[0] != "train" or not ({"-h", "--help"} & set(argv)):
+        return None
+    fields = [("--rule", "rule", str), ("--model", "model", str), ("--data", "data", str)]
+    fields += [(flag, dest, tp) for flag, dest, tp, _ in TRAIN_FIELDS]
+    given = {}
+    from .train import TrainConfig, resolve, sources
+
+    try:
+        for flag, dest, tp in fields:
+            for i, a in enumerate(argv[:-1]):
+                if a == flag:
+                    given[dest] = tp(argv[i + 1])
+            given.update({dest: tp(a.split("=", 1)[1]) for a in argv if a.startswith(flag + "=")})
+        config = TrainConfig(**given)
+        return {"given": given, "config": resolve(config), "sources": sources(config)}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _resolved_note(context, dest) -> str:
+    if context is None or not hasattr(context["config"], dest):
+        return ""
+    where = context["sources"].get(dest, "project defaults")
+    where = "you" if where == "user" else f"the {where}"
+    return f" [resolved: {getattr(context['config'], dest)!r}, from {where}]"
+
+
+def _add_train(sub, context=None):
     p = sub.add_parser("train", help="train a network with a learning rule",
                        description="Train a network with a learning rule and report the test accuracy "
                                    "of the epoch with the lowest validation loss.")
@@ -69,7 +100,8 @@ def _add_train(sub):
         if dest in RANGES:
             helptext = f"{helptext}; {RANGES[dest].describe()}"
             tp = ranged(dest, tp)
-        p.add_argument(flag, dest=dest, type=tp, default=None, help=helptext)
+        p.add_argument(flag, dest=dest, type=tp, default=None,
+                       help=helptext + _resolved_note(context, dest))
     p.add_argument("--resume", metavar="DIR", default=None,
                    help="continue the run whose --out was DIR from its last checkpoint, with its "
                         "settings (only --epochs may be given, to extend it); it ends bit for bit "
@@ -86,8 +118,10 @@ def _add_train(sub):
                    default=None, help="also evaluate the test set every epoch and record the test "
                    "accuracy under three checkpoint choices (only recorded: the checkpoint is "
                    "still chosen on the validation loss)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="floating-point type of weights and data (default float32)")
+    p.add_argument("--backend", default="numpy", choices=["numpy", "cupy"],
+                   help="array library: numpy (CPU) or cupy (GPU) (default numpy)")
     p.add_argument("--config", help="JSON file of training settings (command-line flags win)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     add_rule_option_flags(p)
@@ -292,7 +326,9 @@ EXTRA_COMMANDS = ["ccledu.course", "ccledu.autoencoder", "ccledu.sweep",
                   "ccledu.book"]
 
 
-def build_parser():
+def build_parser(argv=None):
+    """The ``ccledu`` parser; with ``argv`` (the command line) ``train --help`` shows each
+    setting's value resolved for the rule, model and dataset given there, and its source."""
     parser = Parser(prog="ccledu", description="Counter-current learning and its "
                     "neighbours, every matrix operation written out.")
     parser.add_argument("--debug", action="store_true",
@@ -300,7 +336,7 @@ def build_parser():
                              "sub-command, or set CCLEDU_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    _add_train(sub)
+    _add_train(sub, _help_context(argv))
     _add_trace(sub)
     for mod in EXTRA_COMMANDS:
         try:
@@ -348,7 +384,7 @@ def main(argv=None) -> int:
         argv = [a for a in argv if a != "--debug"]
         debug = True
     try:
-        parser = build_parser()
+        parser = build_parser(argv)
         args = parser.parse_args(argv)
     except UsageError as e:
         print(_one_line(e), file=sys.stderr)

@@ -83,12 +83,14 @@ def add_rule_option_flags(p):
     group = p.add_argument_group("rule options (each applies to the rules named in brackets)")
     for opt, (tp, default, helptext, rules, rng) in sorted(_rule_options().items()):
         flag = "--" + opt.replace("_", "-")
-        text = f"[{', '.join(rules)}] {helptext} (default {default!r})"
+        text = f"[{', '.join(rules)}] {helptext} (default {default!r}"
+        text += f"; {rng.describe()})" if rng is not None else ")"
         if tp is bool:
             group.add_argument(flag, dest="ropt_" + opt, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=text)
         else:
-            group.add_argument(flag, dest="ropt_" + opt, type=_none_or(tp, rng),
+            metavar = {int: "N", float: "X"}.get(tp, opt.upper())
+            group.add_argument(flag, dest="ropt_" + opt, type=_none_or(tp, rng), metavar=metavar,
                                default=argparse.SUPPRESS, help=text)
 
 

@@ -133,3 +133,27 @@ def test_every_numeric_rule_option_has_a_range():
     missing = [f"{r}.{k}" for r in RULES for k, spec in rule_class(r).OPTIONS.items()
                if spec[0] in (int, float) and (len(spec) < 4 or spec[3] is None)]
     assert not missing, missing
+
+
+def test_help_shows_resolved_settings_and_their_source(capsys):
+    code = main(["train", "--rule", "ff", "--model", "mlp", "--epochs", "3", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert code == 0
+    assert "[resolved: 3, from you]" in text                           # --epochs given
+    assert "[resolved: 200, from the rule (FF preset 'cpu'" in text      # batch size
+    assert "[resolved: 'sgd'" in text and "ROPT_" not in text
+    assert "--theta X" in text and "a finite number" in text
+    assert "(default float32)" in text and "(default numpy)" in text
+    code = main(["train", "--rule", "ccl", "--model", "cnn", "--data", "cifar100", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "[resolved: 128, from the rule (public CCL CNN file yaml/cnn/cifar100_ccl.yaml" in text
+
+
+
+def test_run_header_names_sources_and_warns_of_a_long_warmup(capsys):
+    run(TrainConfig(rule="ccl", model="mlp:784-8-10", epochs=1, limit_train=64, limit_test=32,
+                    warmup=50, lr_forward=0.5), progress=True)
+    out = capsys.readouterr().out
+    assert "settings, given by you: epochs=1, lr_forward=0.5, warmup=50" in out
+    assert "settings, from the rule (public CCL MLP files" in out and "lr_feedback=1.0" in out
+    assert "warning: the warm-up (50 steps) is longer than the run (1 steps)" in out
