@@ -750,7 +750,7 @@ def _train_autoencoder(rule: str = "ccl", data: str = "mnist", epochs: int | Non
     """
     from . import __version__
     from .data import batches
-    from .optim import Optimizer, ParamGroup
+    from .optim import Optimizer, build_groups
     from .train import DivergenceError, write_json
 
     config = AEConfig(rule=rule, data=data, epochs=epochs, batch_size=batch_size, seed=seed,
@@ -764,14 +764,12 @@ def _train_autoencoder(rule: str = "ccl", data: str = "mnist", epochs: int | Non
                                   seed=config.seed, dtype=config.dtype,
                                   small_init=config.small_init,
                                   **{k: getattr(config, k) for k in _autoencoder(config.rule)[2]})
-        groups = []
-        for gname, params in model.param_groups().items():
-            fb = gname == "feedback"
-            groups.append(ParamGroup(
-                gname, params, lr=config.lr_feedback if fb else config.lr_forward,
-                momentum=config.momentum, weight_decay=config.weight_decay,
-                clip=(config.clip_feedback if fb else config.clip_forward) or 0.0,
-                centralize=bool(config.centralize)))
+        groups = build_groups(model.param_groups(), dict(
+            lr_forward=config.lr_forward, lr_feedback=config.lr_feedback,
+            momentum_forward=config.momentum, momentum_feedback=config.momentum,
+            weight_decay_forward=config.weight_decay, weight_decay_feedback=config.weight_decay,
+            clip_forward=config.clip_forward, clip_feedback=config.clip_feedback,
+            centralize=config.centralize))
         opt = Optimizer(groups, warmup=config.warmup or 0, cosine_tmax=config.cosine_tmax or 0,
                         eta_min=config.eta_min)
         if progress:

@@ -50,7 +50,7 @@ import numpy as np
 
 from .backend import get_array_module, to_numpy
 
-__all__ = ["ParamGroup", "Optimizer", "cosine_lr"]
+__all__ = ["ParamGroup", "Optimizer", "build_groups", "cosine_lr", "group_settings"]
 
 
 @dataclass
@@ -94,6 +94,27 @@ class ParamGroup:
             raise TypeError(f"parameter group {self.name!r}: params must be a dict "
                             f"{{name: array}}, got {type(self.params).__name__}")
         self.initial_lr = float(self.lr)
+
+
+def group_settings(name: str, settings: dict) -> dict:
+    """The hyper-parameters of the optimiser group ``name`` from training settings named as
+    :class:`ccledu.train.TrainConfig` fields: group 'forward' reads ``lr_forward``,
+    ``momentum_forward``, ``weight_decay_forward``, ``clip_forward``; any other group (the
+    rule's own weights) the ``*_feedback`` ones; both read ``centralize`` and ``optimizer``."""
+    sfx = "forward" if name == "forward" else "feedback"
+    return {"lr": float(settings[f"lr_{sfx}"]), "momentum": float(settings[f"momentum_{sfx}"]),
+            "weight_decay": float(settings[f"weight_decay_{sfx}"]),
+            "clip": float(settings[f"clip_{sfx}"] or 0.0),
+            "centralize": bool(settings.get("centralize")),
+            "optimizer": settings.get("optimizer") or "sgd"}
+
+
+def build_groups(param_groups: dict, settings: dict) -> list:
+    """One :class:`ParamGroup` per entry of ``param_groups`` ({group name: {parameter name:
+    array}}, a rule's ``param_groups(model)``), with :func:`group_settings`. The one place
+    optimiser groups are made (trainer, traces, autoencoder)."""
+    return [ParamGroup(name, params, **group_settings(name, settings))
+            for name, params in param_groups.items()]
 
 
 def cosine_lr(lr0: float, epoch: int, t_max: int, eta_min: float = 0.0) -> float:

@@ -746,18 +746,11 @@ def selections(history: list) -> dict:
 
 
 def build_optimizer(config: TrainConfig, model, rule):
-    """Two SGD (or Adam) groups (forward, feedback when the rule has one) with their own settings."""
-    from .optim import Optimizer, ParamGroup
+    """SGD (or Adam) with one group per entry of ``rule.param_groups(model)`` (forward, and
+    feedback when the rule has one), built by :func:`ccledu.optim.build_groups`."""
+    from .optim import Optimizer, build_groups
 
-    groups = []
-    for name, params in rule.param_groups(model).items():
-        suffix = "forward" if name == "forward" else "feedback"
-        groups.append(ParamGroup(
-            name, params, lr=getattr(config, f"lr_{suffix}"),
-            momentum=getattr(config, f"momentum_{suffix}"),
-            weight_decay=getattr(config, f"weight_decay_{suffix}"),
-            clip=getattr(config, f"clip_{suffix}") or 0.0, centralize=bool(config.centralize),
-            optimizer=config.optimizer or "sgd"))
+    groups = build_groups(rule.param_groups(model), dataclasses.asdict(config))
     return Optimizer(groups, warmup=config.warmup or 0, cosine_tmax=config.cosine_tmax or 0,
                      eta_min=config.eta_min, warmup_mode=config.warmup_mode or "global")
 

@@ -9,6 +9,8 @@ from .. import __version__
 from ..backend import asarray, resolve_dtype
 from ..models import build_model, parse_spec
 from ..rules import RULES, rule_class
+from ..optim import group_settings
+from ..presets import PROJECT
 from .format import FORMAT, TOLERANCES, TraceError, all_parameters, host, json_value, save
 
 #: ε in the clipping coefficient clip / (‖g‖ + ε) (as torch.nn.utils.clip_grad_norm_)
@@ -56,10 +58,8 @@ def rule_settings(rule, requested: dict | None = None) -> dict:
 def optimizer_settings(rule_name: str, kind: str, data, rule, model, overrides=None) -> dict:
     """``meta["optimizer"]``: the rule's training defaults for this model kind and dataset (as
     ``ccledu train`` would use them), overridden by ``overrides``; one entry per group."""
-    from ..train import BASE_DEFAULTS
-
     cls = rule_class(rule_name)
-    merged = dict(BASE_DEFAULTS)
+    merged = dict(PROJECT)
     merged.update({k: v for k, v in cls.defaults(kind, data).items() if k != "rule_options"})
     merged["step"] = 0
     for k, v in (overrides or {}).items():
@@ -74,13 +74,9 @@ def optimizer_settings(rule_name: str, kind: str, data, rule, model, overrides=N
                              f"clip, {', '.join(OPT_FIELDS)}")
     groups = []
     for name, params in rule.param_groups(model).items():
-        sfx = "forward" if name == "forward" else "feedback"
-        groups.append({
-            "name": name, "params": list(params),
-            "lr": float(merged[f"lr_{sfx}"]), "momentum": float(merged[f"momentum_{sfx}"]),
-            "weight_decay": float(merged[f"weight_decay_{sfx}"]),
-            "clip": float(merged[f"clip_{sfx}"] or 0.0), "centralize": bool(merged["centralize"]),
-        })
+        g = group_settings(name, merged)
+        groups.append({"name": name, "params": list(params),
+                       **{k: g[k] for k in ("lr", "momentum", "weight_decay", "clip", "centralize")}})
     return {"kind": "sgd", "step": int(merged["step"]), "warmup": int(merged["warmup"] or 0),
             "groups": groups, "order": list(UPDATE_ORDER)}
 
