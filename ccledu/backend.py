@@ -120,6 +120,12 @@ def asarray(a, dtype=None, backend: str | None = None):
     return xp.asarray(a, dtype=dtype)
 
 
+def asarray_like(a, like, dtype=None):
+    """``asarray(a, dtype)`` on the back-end that holds ``like`` (e.g. a host draw moved to the
+    device of the model's weights)."""
+    return asarray(a, dtype=dtype, backend="cupy" if is_cupy_array(like) else "numpy")
+
+
 def to_numpy(a):
     """A NumPy copy/view of ``a`` (from the GPU if needed). Scalars pass through as NumPy scalars."""
     if is_cupy_array(a):

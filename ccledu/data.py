@@ -49,6 +49,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 
 from .backend import get_array_module, rng as make_rng, resolve_dtype
+from .losses import one_hot as losses_one_hot
 
 __all__ = [
     "DATASETS", "DatasetInfo", "Dataset", "Splits", "ChecksumError",
@@ -776,6 +777,4 @@ def one_hot(y, num_classes: int, dtype="float32", xp=None):
     if xp is np and len(y) and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must lie in 0..{num_classes - 1}, got min {y.min()} "
                          f"max {y.max()}")
-    out = xp.zeros((y.shape[0], num_classes), dtype=dtype)
-    out[xp.arange(y.shape[0]), y] = 1
-    return out
+    return losses_one_hot(y, num_classes, dtype, xp)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..backend import get_array_module
+import math
+
+from ..backend import asarray_like, get_array_module
 from ..losses import cross_entropy
 from ..presets import named, rule_defaults
 
@@ -142,11 +144,25 @@ class FixedFeedbackRule(Rule):
     """A rule that owns fixed, never-trained random matrices (FA's B_l, DFA's D_l), kept in
     ``self.fixed`` as {``fixed.<l>.weight``: array}. ``feedback_scale`` scales their draw."""
 
-    def __init__(self, feedback_scale: float = 1.0):
+    def __init__(self, feedback_scale: float = 1.0, feedback_init: str | None = None):
         if not feedback_scale > 0:
             raise ValueError(f"feedback_scale must be > 0, got {feedback_scale}")
         self.feedback_scale = float(feedback_scale)
+        if feedback_init is not None:
+            if feedback_init not in ("uniform", "xavier"):
+                raise ValueError(f"feedback_init must be 'uniform' or 'xavier', got {feedback_init!r}")
+            self.feedback_init = feedback_init
         self.fixed: dict = {}
+
+    def draw_fixed(self, g, shape, fan_in: int, fan_out: int, like, dtype):
+        """A fixed matrix of ``shape`` ~ U(−b, b) drawn on the host from ``g`` and moved to the
+        device of ``like``: b = s/√fan_in (``feedback_init`` 'uniform', the default) or
+        b = s·√(6/(fan_in + fan_out)) ('xavier'), s = ``feedback_scale``."""
+        if getattr(self, "feedback_init", "uniform") == "xavier":
+            bound = self.feedback_scale * math.sqrt(6.0 / (fan_in + fan_out))
+        else:
+            bound = self.feedback_scale / math.sqrt(fan_in)
+        return asarray_like(g.uniform(-bound, bound, size=shape), like, dtype)
 
     def buffers(self) -> dict:
         """{``fixed.<l>.weight``: matrix} (the live arrays)."""

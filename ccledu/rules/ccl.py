@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import asarray, get_array_module, is_cupy_array, rng as make_rng
+from ..backend import asarray_like, get_array_module, rng as make_rng
 from ..layers import Activation, Conv2d, Linear, Reshape, Upsample2d, check_activation
 from ..losses import cross_entropy, one_hot, softmax
 from ..models import Block
@@ -158,11 +158,6 @@ def _on(selected: bool, grad):
     return grad if selected else grad * 0
 
 
-def _on_device_of(array, like, dtype):
-    """``array`` moved to the back-end that holds ``like`` (the model's weights), as ``dtype``."""
-    return asarray(array, dtype=dtype, backend="cupy" if is_cupy_array(like) else "numpy")
-
-
 # --------------------------------------------------------------------------------------------
 # The rule
 # --------------------------------------------------------------------------------------------
@@ -255,7 +250,7 @@ class CCL(Rule):
                     f"dropped a row/column. Use inputs whose size stays divisible by the pool "
                     f"(e.g. 32x32 for 5 blocks, 28x28 for 2)")
         like = main.params["weight"]
-        V.params["weight"] = _on_device_of(V.params["weight"], like, dtype)
+        V.params["weight"] = asarray_like(V.params["weight"], like, dtype)
         return fb
 
     def parameters(self) -> dict:

@@ -48,7 +48,7 @@ import math
 
 import numpy as np
 
-from ..backend import asarray, get_array_module, is_cupy_array, rng as make_rng
+from ..backend import get_array_module, rng as make_rng
 from ..im2col import col2im
 from ..losses import cross_entropy
 from ..ranges import Range
@@ -69,18 +69,15 @@ class DFA(FixedFeedbackRule):
 
     def __init__(self, feedback_scale: float = 0.3, conv_feedback: str = "dense",
                  feedback_init: str = "uniform"):
-        super().__init__(feedback_scale)
+        super().__init__(feedback_scale, feedback_init)
         if conv_feedback not in ("dense", "kernel"):
             raise ValueError(f"conv_feedback must be 'dense' or 'kernel', got {conv_feedback!r}")
-        if feedback_init not in ("uniform", "xavier"):
-            raise ValueError(f"feedback_init must be 'uniform' or 'xavier', got {feedback_init!r}")
-        self.conv_feedback, self.feedback_init = conv_feedback, feedback_init
+        self.conv_feedback = conv_feedback
 
     def setup(self, model, seed=0):
         super().setup(model, seed)
         g = seed if isinstance(seed, np.random.Generator) else make_rng([int(seed), 0xDFA])
         C = model.num_classes
-        backend = "cupy" if is_cupy_array(model.blocks[0].main.params["weight"]) else "numpy"
         self.fixed = {}
         for l in range(len(model.blocks) - 1):
             size = math.prod(model.shapes[l])
@@ -91,14 +88,8 @@ class DFA(FixedFeedbackRule):
                 fan_in, fan_out = conv.in_channels * k * k, C * k * k
             else:                                  # D_l (|a_l|, C); BioTorch stores its transpose
                 shape, fan_in, fan_out = (size, C), size, C
-            if self.feedback_init == "xavier":
-                bound = self.feedback_scale * math.sqrt(6.0 / (fan_in + fan_out))
-            elif conv is not None:
-                bound = self.feedback_scale / math.sqrt(fan_in)
-            else:
-                bound = self.feedback_scale / math.sqrt(size)
-            host = g.uniform(-bound, bound, size=shape)
-            self.fixed[f"fixed.{l}.weight"] = asarray(host, dtype=model.dtype, backend=backend)
+            self.fixed[f"fixed.{l}.weight"] = self.draw_fixed(
+                g, shape, fan_in, fan_out, model.blocks[0].main.params["weight"], model.dtype)
         return self
 
     def kernel_conv(self, model, l):

@@ -68,7 +68,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import asarray, get_array_module, is_cupy_array, rng as make_rng
+from ..backend import asarray, asarray_like, get_array_module, is_cupy_array, rng as make_rng
 from ..layers import activate, activation_grad, check_activation
 from ..losses import cross_entropy, one_hot, softmax
 from ..ranges import Range
@@ -305,7 +305,7 @@ class TargetPropagation(Rule):
             e = np.asarray(tape["replay"][len(tape["drawn"])])
         else:
             e = self._noise_rng.standard_normal(like.shape) * self.noise_std
-        out = asarray(e, dtype=like.dtype, backend="cupy" if is_cupy_array(like) else "numpy")
+        out = asarray_like(e, like, like.dtype)
         if tape is not None:
             tape["drawn"].append(out)
         return out

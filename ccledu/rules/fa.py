@@ -31,15 +31,10 @@ import math
 
 import numpy as np
 
-from ..backend import asarray, is_cupy_array, rng as make_rng
+from ..backend import rng as make_rng
 from ..losses import cross_entropy
 from ..ranges import Range
 from .base import FixedFeedbackRule, StepResult
-
-def _device_array(host, like, dtype):
-    """Move a host array to the array module of ``like`` (the model's weights), as ``dtype``."""
-    return asarray(host, dtype=dtype, backend="cupy" if is_cupy_array(like) else "numpy")
-
 
 class FA(FixedFeedbackRule):
     """Feedback alignment. ``setup`` draws B_1..B_{L-1}; ``step`` is backprop with B in place of W."""
@@ -52,10 +47,7 @@ class FA(FixedFeedbackRule):
     }
 
     def __init__(self, feedback_scale: float = 1.0, feedback_init: str = "uniform"):
-        super().__init__(feedback_scale)
-        if feedback_init not in ("uniform", "xavier"):
-            raise ValueError(f"feedback_init must be 'uniform' or 'xavier', got {feedback_init!r}")
-        self.feedback_init = feedback_init
+        super().__init__(feedback_scale, feedback_init)
 
     def setup(self, model, seed=0):
         super().setup(model, seed)
@@ -63,13 +55,9 @@ class FA(FixedFeedbackRule):
         self.fixed = {}
         for l in range(1, len(model.blocks)):
             W = model.blocks[l].main.params["weight"]
-            fan_in = math.prod(W.shape[1:])
-            bound = self.feedback_scale / math.sqrt(fan_in)
-            if self.feedback_init == "xavier":
-                fan_out = W.shape[0] * math.prod(W.shape[2:])
-                bound = self.feedback_scale * math.sqrt(6.0 / (fan_in + fan_out))
-            host = g.uniform(-bound, bound, size=tuple(W.shape))
-            self.fixed[f"fixed.{l}.weight"] = _device_array(host, W, model.dtype)
+            self.fixed[f"fixed.{l}.weight"] = self.draw_fixed(
+                g, tuple(W.shape), math.prod(W.shape[1:]), W.shape[0] * math.prod(W.shape[2:]),
+                W, model.dtype)
         return self
 
     def feedback_weights(self, model) -> list:

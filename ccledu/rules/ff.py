@@ -83,8 +83,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import asarray, get_array_module, is_cupy_array, rng as make_rng, to_numpy
-from ..losses import cross_entropy, log_softmax
+from ..backend import asarray_like, get_array_module, rng as make_rng, to_numpy
+from ..layers import activate
+from ..losses import cross_entropy, log_softmax, one_hot
 from ..ranges import Range
 from .base import Rule, StepResult
 
@@ -97,10 +98,8 @@ def softplus(t):
 
 
 def sigmoid(t):
-    """1/(1 + e^{−t}), split by sign so the exponential never overflows."""
-    xp = get_array_module(t)
-    e = xp.exp(-xp.abs(t))
-    return xp.where(t >= 0, 1 / (1 + e), e / (1 + e))
+    """1/(1 + e^{−t}) (the layers' sigmoid, split by sign so the exponential never overflows)."""
+    return activate("sigmoid", t)
 
 
 def length_normalise(a, eps: float = EPS):
@@ -119,8 +118,6 @@ def rms_normalise(a, eps: float = EPS):
     return a / (rms + eps).reshape((-1,) + (1,) * (a.ndim - 1))
 
 
-def _on_device(host, like, dtype=None):
-    return asarray(host, dtype=dtype, backend="cupy" if is_cupy_array(like) else "numpy")
 
 
 class FF(Rule):
@@ -280,7 +277,7 @@ class FF(Rule):
             g = make_rng([int(self.seed) if not isinstance(seed, np.random.Generator) else 0, 0xFF, 1])
             for block in hidden:
                 W = block.main.params["weight"]
-                W[...] = _on_device(g.normal(0.0, 1.0 / np.sqrt(W.shape[0]), size=W.shape), W, W.dtype)
+                W[...] = asarray_like(g.normal(0.0, 1.0 / np.sqrt(W.shape[0]), size=W.shape), W, W.dtype)
                 if "bias" in block.main.params:
                     block.main.params["bias"][...] = 0
         self.head = {}
@@ -289,12 +286,12 @@ class FF(Rule):
                 raise ValueError("head_input='skip_first' reads the hidden blocks 1.., so the model "
                                  f"needs at least 2 hidden blocks; it has {len(hidden)}")
             width = sum(int(np.prod(s)) for s in model.shapes[1:len(hidden)])
-            self.head = {"head.weight": _on_device(np.zeros((self._C, width)), xp_like, model.dtype)}
+            self.head = {"head.weight": asarray_like(np.zeros((self._C, width)), xp_like, model.dtype)}
         self.peer_means = {}
         if self.peer_norm > 0:
             for l in range(len(hidden)):
                 shape = tuple(model.shapes[l])
-                self.peer_means[f"state.{l}.peer_mean"] = _on_device(np.full(shape, 0.5), xp_like,
+                self.peer_means[f"state.{l}.peer_mean"] = asarray_like(np.full(shape, 0.5), xp_like,
                                                                      model.dtype)
         return self
 
@@ -357,7 +354,7 @@ class FF(Rule):
         yh = to_numpy(y).astype(np.int64)
         if probs is None:
             k = self._rng.integers(1, C, size=yh.shape)
-            return _on_device((yh + k) % C, y, dtype=np.int64)
+            return asarray_like((yh + k) % C, y, dtype=np.int64)
         p = np.array(to_numpy(probs), dtype=np.float64).reshape(len(yh), C)
         p[np.arange(len(yh)), yh] = 0.0
         s = p.sum(axis=1, keepdims=True)
@@ -371,7 +368,7 @@ class FF(Rule):
         bad = (neg == yh) | (p[np.arange(len(yh)), neg] <= 0)
         if np.any(bad):
             neg[bad] = C - 1 - np.argmax(p[bad][:, ::-1] > 0, axis=1)
-        return _on_device(neg, y, dtype=np.int64)
+        return asarray_like(neg, y, dtype=np.int64)
 
     def overlay(self, x, m):
         """x with the label matrix m (N, C) written in (see the module docstring)."""
@@ -411,12 +408,12 @@ class FF(Rule):
             i, j = np.meshgrid(np.arange(H), np.arange(W), indexing="ij")
             P = np.stack([np.cos(2 * np.pi * (i * np.cos(np.pi * c / C) + j * np.sin(np.pi * c / C))
                                  / (3.0 + c % 2)) for c in range(C)])
-            self._grating_cache = (key, _on_device(P, like, dtype=like.dtype))
+            self._grating_cache = (key, asarray_like(P, like, dtype=like.dtype))
         return self._grating_cache[1]
 
     def one_hot(self, labels, C, like):
-        xp = get_array_module(labels)
-        return (labels[:, None] == xp.arange(C)[None, :]).astype(like.dtype)
+        """Y (N, C) of ``labels``, in ``like``'s dtype."""
+        return one_hot(labels, C, like.dtype)
 
     def neutral(self, x, C):
         xp = get_array_module(x)
@@ -567,7 +564,7 @@ class FF(Rule):
         """Replays ``inputs['negative_labels']`` when given; records the labels drawn."""
         y_neg = None
         if inputs is not None and "negative_labels" in inputs:
-            y_neg = _on_device(inputs["negative_labels"], x, np.int64)
+            y_neg = asarray_like(inputs["negative_labels"], x, np.int64)
         res = self.local_step(model, x, y, y_neg)
         self._traced = (x, y)
         return res, {"negative_labels": self.y_neg}
