@@ -53,6 +53,25 @@ nb_execution_raise_on_error = not ALLOW_ERRORS
 nb_execution_allow_errors = ALLOW_ERRORS
 nb_execution_show_tb = True
 nb_execution_in_temp = False                       # run in chapters/, as a reader would
+
+
+def _not_cached(cache_path):
+    """Chapters without a cached execution of their current code (CCLEDU_BOOK_CACHED_ONLY=1,
+    ``ccledu book build --cached-only``: they are shown without outputs, nothing is run)."""
+    from jupyter_cache import get_cache
+    cache = get_cache(cache_path)
+    missing = []
+    for path in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb")):
+        try:
+            cache.match_cache_file(str(path))
+        except KeyError:
+            missing.append(f"chapters/{path.name}")
+    return missing
+
+
+NOT_EXECUTED = (_not_cached(nb_execution_cache_path)
+                if os.environ.get("CCLEDU_BOOK_CACHED_ONLY", "0") not in ("", "0") else [])
+nb_execution_excludepatterns = NOT_EXECUTED
 nb_merge_streams = True
 nb_render_markdown_format = "myst"                 # Markdown outputs (report tables) as MyST
 nb_output_stderr = "remove-warn"                   # progress bars on stderr are not content

@@ -79,7 +79,7 @@ def default_dirs(quick: bool) -> dict:
 
 def build(quick: bool = False, out: Path | str | None = None, cache: Path | str | None = None,
           fresh: bool = False, rerun: bool = False, quiet: bool = True,
-          allow_errors: bool = False) -> dict:
+          allow_errors: bool = False, jobs: int = 1, cached_only: bool = False) -> dict:
     """Build the HTML book; returns ``{"out", "index", "cache", "seconds", "quick"}``.
 
     quick: run the chapters with ``CCLEDU_QUICK=1`` (small data, few epochs: for CI);
@@ -91,6 +91,10 @@ def build(quick: bool = False, out: Path | str | None = None, cache: Path | str 
     code cells only).
     allow_errors: a draft: a chapter cell that raises shows its error on the page instead of
     failing the build.
+    jobs: Sphinx reads (and so executes) this many pages at once (``-j``); 1 by default.
+    cached_only: run nothing: chapters with a cached execution of their current code show its
+    outputs, the others are shown without outputs (a partial book, e.g. while a long full-mode
+    execution is still under way); the result's ``not_executed`` lists them.
     Raises BookError with Sphinx's output tail when the build fails (a chapter that raises
     fails the build unless allow_errors).
     """
@@ -106,12 +110,15 @@ def build(quick: bool = False, out: Path | str | None = None, cache: Path | str 
     env["CCLEDU_QUICK"] = "1" if quick else "0"
     env["CCLEDU_BOOK_CACHE"] = str(cache.resolve())
     env["CCLEDU_BOOK_ALLOW_ERRORS"] = "1" if allow_errors else "0"
+    env["CCLEDU_BOOK_CACHED_ONLY"] = "1" if cached_only else "0"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("MPLBACKEND", None)   # the kernel's inline backend is what puts figures in outputs
     cmd = [sys.executable, "-m", "sphinx", "-b", "html", "-c", str(BOOK), "-d", str(doctrees),
            "--keep-going", str(ROOT), str(out)]
     if fresh:
         cmd.insert(3, "-E")
+    if jobs > 1:
+        cmd[3:3] = ["-j", str(int(jobs))]
     if quiet:
         cmd.insert(3, "-q")
     t0 = time.perf_counter()
@@ -126,8 +133,21 @@ def build(quick: bool = False, out: Path | str | None = None, cache: Path | str 
     index = out / "book" / "index.html"
     if not index.is_file():
         raise BookError(f"the build finished but wrote no {index}")
+    not_executed = []
+    if cached_only:
+        not_executed = [p.name for p in sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
+                        if not _matches(cache, p)]
     return {"out": out, "index": index, "cache": cache, "seconds": seconds, "quick": quick,
-            "log": proc.stdout or ""}
+            "log": proc.stdout or "", "not_executed": not_executed}
+
+
+def _matches(cache: Path, notebook: Path) -> bool:
+    from jupyter_cache import get_cache
+    try:
+        get_cache(str(cache)).match_cache_file(str(notebook))
+        return True
+    except KeyError:
+        return False
 
 
 def cached_executions(cache: Path | str) -> dict:
@@ -220,6 +240,7 @@ function report() {
       .concat(Array.from(document.querySelectorAll('a[name]')).map(e => e.name));
     done({
       title: document.title,
+      outputs: document.querySelectorAll('.cell_output').length,
       math: mathNodes.length,
       typeset: document.querySelectorAll('mjx-container').length,
       mathErrors: document.querySelectorAll('mjx-merror, [data-mjx-error]').length,
@@ -272,9 +293,9 @@ def check_site(site: Path | str, screenshots: Path | str | None = None,
 
     The report: ``pages`` (url -> {math, typeset, images, ...}), ``files`` (non-HTML internal
     links fetched), ``problems`` (list of sentences; empty when the site passes), ``seconds``,
-    ``screenshots`` (paths written). With ``screenshots`` set, ``maths.png`` is the chapter page
-    with the most typeset maths, scrolled to its first displayed equation, and ``figures.png``
-    the chapter page with the most figures, scrolled to its first figure.
+    ``screenshots`` (paths written). With ``screenshots`` set, ``maths.png`` is the executed
+    chapter page with the most typeset maths, scrolled to its first displayed equation, and
+    ``figures.png`` the executed chapter page with the most figures, scrolled to its first one.
     """
     site = Path(site)
     if not (site / start).is_file():
@@ -391,10 +412,10 @@ def _late_console(driver, where, problems):
 
 def _screenshots(driver, pages: dict, folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    chapters = {u: i for u, i in pages.items()
-                if i and "images" in i and "/chapters/" in u and "README" not in u}
+    chapters = {u: i for u, i in pages.items() if i and i.get("outputs")
+                and "/chapters/" in u and "README" not in u}
     if not chapters:
-        raise BookError("no chapter pages were visited: nothing to take a screenshot of")
+        raise BookError("no executed chapter page was visited: nothing to take a screenshot of")
     written = []
     for name, key, selector in (("maths", "typeset", "div.math"),
                                 ("figures", "images", "div.cell_output img")):
@@ -419,12 +440,15 @@ def _screenshots(driver, pages: dict, folder: Path) -> list[Path]:
 def _cmd_build(args) -> int:
     try:
         res = build(quick=args.quick, out=args.out, cache=args.cache, fresh=args.fresh,
-                    rerun=args.rerun, quiet=not args.verbose, allow_errors=args.allow_errors)
+                    rerun=args.rerun, quiet=not args.verbose, allow_errors=args.allow_errors,
+                    jobs=args.jobs, cached_only=args.cached_only)
     except BookError as e:
         print(f"ccledu book build: {e}", file=sys.stderr)
         return 2
     mode = "quick" if args.quick else "full"
     print(f"built the book ({mode} mode) in {res['seconds']:.0f} s: {res['index']}")
+    if res["not_executed"]:
+        print(f"not executed (shown without outputs): {', '.join(res['not_executed'])}")
     print(f"executed chapters cached in {res['cache']}; open {res['out'] / 'index.html'} "
           f"in a browser, or check it with: ccledu book check --site {res['out']}")
     return 0
@@ -468,6 +492,11 @@ def add_parser(sub) -> None:
                    help="empty the execution cache first, so every chapter runs again")
     b.add_argument("--allow-errors", action="store_true",
                    help="draft: show a failing cell's error on its page instead of failing")
+    b.add_argument("--cached-only", action="store_true",
+                   help="run nothing: chapters without a cached execution are shown without "
+                   "outputs (a partial book)")
+    b.add_argument("--jobs", "-j", type=int, default=1, metavar="N",
+                   help="execute and read N pages at once (default 1)")
     b.add_argument("--verbose", action="store_true", help="show Sphinx's output as it runs")
     b.set_defaults(func=_cmd_build)
     c = bsub.add_parser("check", help="visit every page of a built book in headless Chromium "
