@@ -562,3 +562,15 @@ def test_trace_records_and_verify_recomputes(tmp_path, name, rule, spec):
                 assert not all(r.ok for r in rows)
             except Exception as e:             # a kernel/dense shape clash is also a refusal
                 assert "fixed.0.weight" in str(e) or "shape" in str(e), e
+
+
+def test_command_line(tmp_path, capsys):
+    out = tmp_path / "m.npz"
+    assert peer_presets.main(["trace", "mpezeshki", "--model", "mlp:784-8-8-10", "--out", str(out)]) == 0
+    assert "ccledu verify" in capsys.readouterr().out
+    assert all(r.ok for r in verify_trace(out))
+    assert peer_presets.main(["show", "loewex"]) == 0
+    text = capsys.readouterr().out
+    assert "src/ff_model.py" in text and "differs:" in text
+    assert peer_presets.main(["show", "loewex", "--rule", "ccl"]) == 2
+    assert "for rule(s) ff" in capsys.readouterr().err
