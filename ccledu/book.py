@@ -266,7 +266,7 @@ else {
   (function wait() {
     if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
       MathJax.startup.promise.then(report, report);
-    } else if (Date.now() - t0 > 40000) { report(); }
+    } else if (Date.now() - t0 > 15000) { report(); }   // MathJax never arrived
     else { setTimeout(wait, 50); }
   })();
 }

@@ -128,6 +128,7 @@ def test_notebooks_extra_in_a_fresh_venv(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+        server.stdout.close()
 
     # 4. the README's nbconvert command, its output sent to tmp_path
     conv = next(c for c in cmds if "nbconvert" in c)
