@@ -69,7 +69,7 @@ def im2col(x, kh: int, kw: int, stride: int = 1, pad: int = 0):
     xt[:, :, pad:pad + H, pad:pad + W] = x.transpose(1, 0, 2, 3)
     col_all = xp.empty((C, kh, kw, N, oh, ow), dtype=x.dtype)
     # xt and col below are the whole arrays or cache-sized channel blocks of them (same values;
-    # chosen by measurement, see ccledu.accel.tiles)
+    # chosen by measurement, see ccledu.accel.tiles): fill col in place, col_all is returned
     for xt, col in tiles("im2col", xt, col_all, axes=(0,)):
         ### BEGIN SOLUTION  Task 2.3: im2col tap loop
         for i in range(kh):
@@ -112,7 +112,7 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):
     # at the end drops it
     imgt_all = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
     # imgt and col below are the whole arrays or cache-sized channel blocks of them (same
-    # values; chosen by measurement, see ccledu.accel.tiles)
+    # values; chosen by measurement, see ccledu.accel.tiles): add into imgt in place
     for imgt, col in tiles("col2im", imgt_all, col, axes=(0,)):
         ### BEGIN SOLUTION  Task 2.4: col2im tap loop
         for i in range(kh):

@@ -262,7 +262,8 @@ class MaxPool2d(Layer):
         exact = oh * k == H and ow * k == W
         dx_all = (xp.empty_like if exact else xp.zeros_like)(x, dtype=dy.dtype)   # x's layout
         # x, y, dy, dx below are the whole arrays or cache-sized blocks of them (batch/channel
-        # slices holding whole windows: same values; see ccledu.accel.tiles)
+        # slices holding whole windows: same values; see ccledu.accel.tiles): write the
+        # gradient into dx in place (dx_all is returned)
         for x, y, dy, dx in tiles("maxpool_backward", x, y, dy, dx_all):
             ### BEGIN SOLUTION  Task 2.5: MaxPool2d.backward
             found = xp.zeros(y.shape, dtype=bool)       # windows whose maximum is already routed
