@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from ccledu import check
-from ccledu.check import ReferenceCalled
 from conftest import load_solutions
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -217,14 +216,14 @@ CHEATS = _cheats()
 
 @pytest.mark.parametrize("name,label,fn,named", CHEATS, ids=[f"{n}: {l}" for n, l, _, _ in CHEATS])
 def test_calling_the_reference_fails_with_a_message(name, label, fn, named):
-    with pytest.raises(ReferenceCalled, match="your function calls") as info:
-        check.CHECKS[name](fn, verbose=False)
-    assert named in str(info.value)
+    with pytest.raises(AssertionError, match="your function calls") as info:
+        sys.modules["ccledu.check"].CHECKS[name](fn, verbose=False)
+    assert type(info.value).__name__ == "ReferenceCalled" and named in str(info.value)
 
 
 def test_poison_is_lifted_after_the_check():
     from ccledu.metrics import angle
-    with pytest.raises(ReferenceCalled):
+    with pytest.raises(AssertionError, match="your function calls"):
         check.angle(lambda a, b: angle(a, b), verbose=False)
     assert angle(np.ones(3), np.ones(3)) == 0.0                     # callable again
     check.angle(load_solutions("09_comparing_rules")["my_angle"], verbose=False)
