@@ -274,8 +274,16 @@ def test_reference_solutions_pass_the_checks(reference, chapter):
     for src in code[1:graded[0]]:
         for stmt in _imports(src):
             exec(stmt, ns)
-    for i, src in enumerate(code[graded[0]:], graded[0]):
-        exec(compile(src, f"{chapter}[cell {i}]", "exec"), ns)
+    saved = {k: v for k, v in sys.modules.items() if k.startswith(("ccledu.check", "ccledu.testing"))}
+    try:
+        for i, src in enumerate(code[graded[0]:], graded[0]):
+            exec(compile(src, f"{chapter}[cell {i}]", "exec"), ns)
+    finally:                       # graded cells re-import the checks: give the session its own back
+        for k in [k for k in sys.modules if k.startswith(("ccledu.check", "ccledu.testing"))]:
+            del sys.modules[k]
+        sys.modules.update(saved)
+        import ccledu
+        ccledu.check, ccledu.testing = saved["ccledu.check"], saved["ccledu.testing"]
 
 
 @pytest.mark.parametrize("chapter", NOTEBOOK_CHAPTERS)
