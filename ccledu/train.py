@@ -267,12 +267,19 @@ def atomic_write(path, write) -> None:
     (``os.replace``, atomic on one file system). On any error the temporary file is removed and
     the old ``path`` (if any) is left as it was."""
     import tempfile
+    import traceback
 
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            write(fh)
+            try:
+                write(fh)
+            except BaseException as e:
+                # release what write() left open (a Ctrl-C inside numpy.savez leaves its ZipFile)
+                # while fh is still open, so that it does not complain later on a closed file
+                traceback.clear_frames(e.__traceback__)
+                raise
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

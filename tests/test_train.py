@@ -157,3 +157,23 @@ def test_run_header_names_sources_and_warns_of_a_long_warmup(capsys):
     assert "settings, given by you: epochs=1, lr_forward=0.5, warmup=50" in out
     assert "settings, from the rule (public CCL MLP files" in out and "lr_feedback=1.0" in out
     assert "warning: the warm-up (50 steps) is longer than the run (1 steps)" in out
+
+
+def test_interrupted_atomic_write_leaves_nothing_to_complain(tmp_path, capfd):
+    """A Ctrl-C inside numpy.savez (a checkpoint being written) leaves no temporary file and no
+    'Exception ignored in ZipFile.__del__' on stderr (seen in the Ctrl-C subprocess test)."""
+    import gc
+    import zipfile
+
+    from ccledu.train import atomic_write
+
+    def interrupted(fh):
+        z = zipfile.ZipFile(fh, "w")
+        z.writestr("a.npy", b"x" * 100)
+        raise KeyboardInterrupt("Ctrl-C")
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "checkpoint.npz", interrupted)
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
+    assert "Exception ignored" not in capfd.readouterr().err
