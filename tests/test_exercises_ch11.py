@@ -89,3 +89,35 @@ def test_reference_agrees_with_verify_trace(tmp_path, rule, spec):
     rows, first = package_compare(arrays, ours, report.rtol, report.atol)
     assert [tuple(x) for x in report] == rows
     assert first == key == report[report.first_mismatch].tensor
+
+
+# --------------------------------------------------------------------------------------------
+# Task 11.2 (derived): the predicted size of the rounding error of a sum
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.ch11
+def test_sum_rounding_oracle_sums_left_to_right_and_measures_exactly():
+    """The check's oracle: its sums are the left-to-right sums with every addition rounded in
+    the dtype (a scalar loop in NumPy's float32 / float64), and its exact sums are exact."""
+    from fractions import Fraction
+    from ccledu.check.ch11 import _measured_sd, _sequential_sums
+
+    g = np.random.default_rng(5)
+    for dtype in (np.float32, np.float64):
+        X = (g.standard_normal((3, 50)) * 10.0 ** g.integers(-3, 4, (3, 50))).astype(dtype)
+        for row, got in zip(X, _sequential_sums(X)):
+            s = row[0]
+            for v in row[1:]:
+                s = dtype(s + v)
+            assert got == s and got.dtype == dtype
+        err = [float(Fraction(float(s)) - sum(Fraction(float(v)) for v in row))
+               for row, s in zip(X, _sequential_sums(X))]
+        assert _measured_sd(X) == pytest.approx(math.sqrt(np.mean(np.square(err))), rel=1e-12)
+
+
+@pytest.mark.ch11
+def test_sum_rounding_reference_passes_the_graded_seeds():
+    from conftest import load_solutions
+    sd = load_solutions("11_validating")["my_sum_error_sd"]
+    for seed in (0, 142):           # the graded cell's seeds
+        check.sum_rounding_sd(sd, seed=seed, verbose=False)

@@ -35,7 +35,18 @@ def _mistakes():
     c1, c2, c3, c4 = (_ch("01_backprop"), _ch("02_convolutions"), _ch("03_feedback_alignment"),
                       _ch("04_direct_feedback_alignment"))
     c5, c6, c7, c8 = _ch("05_ccl_mlp"), _ch("06_ccl_cnn"), _ch("07_ccl_autoencoder"), _ch("08_forward_forward")
-    c9, c10 = _ch("09_comparing_rules"), _ch("10_gpu")
+    c9, c10, c11 = _ch("09_comparing_rules"), _ch("10_gpu"), _ch("11_validating")
+    sum_sd = c11["my_sum_error_sd"]
+
+    def _u(x):
+        return np.finfo(x.dtype).eps / 2
+
+    def _h(x, sums=None):
+        s = np.cumsum(x) if sums is None else sums
+        return np.spacing(np.abs(s[1:])).astype(np.float64)
+
+    def sum_sd_measured(x):          # this vector's own error, not a prediction
+        return abs(float(np.cumsum(x)[-1]) - __import__("math").fsum(x.astype(np.float64).tolist()))
 
     def im2col_no_stride(x, kh, kw, stride, pad):
         N, C, H, W = x.shape
@@ -152,6 +163,15 @@ def _mistakes():
         ("angle", {"unclipped cosine": angle_unclipped,
                    "radians": lambda a, b: np.radians(c9["my_angle"](a, b))}),
         ("backend_softmax", {"no max shift (overflow)": softmax_no_shift, "upcast to float64": softmax_upcast}),
+        ("sum_rounding_sd", {
+            "full spacing h_k": lambda x: 2 * sum_sd(x),
+            "variance h_k²/3": lambda x: float(np.sqrt(np.sum(_h(x) ** 2) / 3)),
+            "spacing of the addend x_k": lambda x: float(np.sqrt(np.sum(_h(x, np.abs(x)) ** 2) / 12)),
+            "worst case Σ h_k/2": lambda x: float(np.sum(_h(x) / 2)),
+            "rule of thumb √n·u·|S_n|": lambda x: float(np.sqrt(len(x)) * _u(x) * abs(np.sum(x, dtype=np.float64))),
+            "e_k uniform on ±u·ŝ_k": lambda x: float(np.sqrt(np.sum((_u(x) * np.cumsum(x)[1:].astype(np.float64)) ** 2) / 3)),
+            "spacings of a float64 sum": lambda x: sum_sd(x.astype(np.float64)),
+            "the vector's own measured error": sum_sd_measured}),
     ]
 
 
@@ -184,6 +204,7 @@ def _cheats():
     from ccledu.rules.ccl import MLP_WIDTH_REF, match_loss
     from ccledu.check.ch01 import _fd_linear_backward
     from ccledu.check.ch05 import _fd_ccl_mlp_pair
+    from ccledu.check.ch11 import _measured_sd, _sequential_sums as _seq_sums
 
     def linear_via_layer(x, W, dy):
         layer = Linear(W.shape[1], W.shape[0], bias=False, dtype=W.dtype)
@@ -208,6 +229,9 @@ def _cheats():
         ("angle", "ccledu.metrics.angle", lambda a, b: angle(a, b), "ccledu.metrics.angle"),
         ("backend_softmax", "ccledu.losses.softmax", lambda z: softmax(z), "ccledu.losses.softmax"),
         ("trace_compare", "ccledu.trace.compare (re-exported)", _trace_cheat, "ccledu.trace.compare"),
+        ("sum_rounding_sd", "the check's sequential sum",
+         lambda x: abs(float(_seq_sums(x[None, :])[0]) - float(np.sum(x, dtype=np.float64))), "ccledu.check"),
+        ("sum_rounding_sd", "the check's measurement", lambda x: _measured_sd(x[None, :]), "ccledu.check"),
     ]
 
 

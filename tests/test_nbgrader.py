@@ -116,6 +116,10 @@ CHEATS = {
              "return rows, next((r[0] for r in rows if not r[3]), None)",
              "from ccledu.check.ch11 import _ref_trace_compare\n"
              "return _ref_trace_compare(theirs, ours, rtol, atol)"),
+    # (no package code computes 11.2: the "package" cheat simulates with the check's own sum)
+    "11.2": ("from ccledu.check.ch11 import _sequential_sums\nimport math\n"
+             "return abs(float(_sequential_sums(x[None, :])[0]) - math.fsum(x.astype(float).tolist()))",
+             "from ccledu.check.ch11 import _measured_sd\nreturn _measured_sd(x[None, :])"),
 }
 
 REPLACE_CHECKS = '''import sys, types

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import Case, _rng, _run_cases, register
 
-__all__ = ["trace_compare"]
+__all__ = ["trace_compare", "sum_rounding_sd"]
 
 
 def _ref_trace_compare(theirs, ours, rtol, atol):
@@ -105,3 +105,92 @@ def trace_compare(fn, reference=None, seed=0, **options) -> None:
     options.setdefault("atol", 1e-12)
     _run_cases("trace_compare", fn, ref, cases, task="11.1", forbid=("ccledu.trace", "ccledu.trace:compare"), post=post,
                **options)
+
+
+# --------------------------------------------------------------------------------------------
+# Task 11.2 (derived): the size of the rounding error of a float32 / float64 sum
+# --------------------------------------------------------------------------------------------
+
+#: rows per case (each row also appears once more with its first entry moved slightly)
+_SUM_ROWS = 300
+
+
+def _sequential_sums(X):
+    """Left-to-right sums of the rows of ``X`` (M, n), every addition rounded in ``X.dtype``:
+    s_1 = x_1, s_k = fl(s_{k-1} + x_k). The definition, one column at a time (``np.sum`` would
+    add pairwise, a different rounding)."""
+    s = X[:, 0].copy()
+    for k in range(1, X.shape[1]):
+        s = s + X[:, k]
+    return s
+
+
+def _measured_sd(X):
+    """The root-mean-square, over the rows of ``X`` (M, n), of the rounding error of their
+    left-to-right sums in ``X.dtype``: sqrt(mean_rows (ŝ_n − S_n)²), with the exact sum S_n from
+    ``math.fsum`` (correctly rounded to float64)."""
+    exact = np.array([math.fsum(row) for row in X.astype(np.float64).tolist()])
+    err = _sequential_sums(X).astype(np.float64) - exact
+    return float(np.sqrt(np.mean(err ** 2)))
+
+
+@register
+def sum_rounding_sd(fn, reference=None, seed=0, **options) -> None:
+    """Task 11.2: predict how large the rounding error of a sum is.
+
+    Contract: ``fn(x) -> sd``: ``x`` a 1-D float32 or float64 array of n ≥ 2 entries; ``sd`` (a
+    float ≥ 0) the standard deviation of ŝ_n − S_n, the error of summing ``x`` from left to
+    right with every addition rounded to nearest in ``x.dtype``, under the chapter's model
+    (the rounding errors of the additions independent and uniform over their rounding interval).
+
+    Oracle: **measurement**, not a formula. Each case draws 300 vectors of one kind, sums each
+    left to right in its dtype, takes the exact sum from ``math.fsum`` and compares the
+    root-mean-square of your ``sd`` over the vectors with the root-mean-square of the measured
+    errors: they must agree within 30 % (a factor-2 slip fails). Your ``sd`` must also describe
+    the *vector*, not one rounding accident: moving the first entry by a third of the grid
+    spacing at the largest partial sum must change it by less than 1 % (the measured error itself
+    changes completely).
+    """
+    g = _rng(seed)
+    M = _SUM_ROWS
+    kinds = [("float32, 1000 entries uniform in (0, 1)",
+              lambda: g.uniform(0.0, 1.0, (M, 1000)).astype(np.float32)),
+             ("float32, 4000 standard normal entries (partial sums wander through 0)",
+              lambda: g.standard_normal((M, 4000)).astype(np.float32)),
+             ("float32, 2000 entries, normal with mean 3",
+              lambda: (3.0 + g.standard_normal((M, 2000))).astype(np.float32)),
+             ("float64, 2000 entries uniform in (0, 1)",
+              lambda: g.uniform(0.0, 1.0, (M, 2000))),
+             ("float32, 300 entries uniform in (-1, 10)",
+              lambda: g.uniform(-1.0, 10.0, (M, 300)).astype(np.float32))]
+    cases = []
+    for label, draw in kinds:
+        X = draw()
+        X2 = X.copy()           # x_1 moved by 0.37 of the grid spacing at the largest partial sum:
+        top = np.abs(np.cumsum(X.astype(np.float64), axis=1)).max(axis=1)     # new rounding
+        X2[:, 0] = X2[:, 0] + (0.37 * np.spacing(top.astype(X.dtype))).astype(X.dtype)  # errors
+        cases.append(Case(label, (np.concatenate([X, X2]),)))
+
+    def mine_rows(X):                   # runs with the references poisoned; only calls fn
+        return [fn(row.copy()) for row in X]
+
+    def post(out, X):
+        sd = np.array([float(np.asarray(v)) if np.size(v) == 1 else np.nan for v in out])
+        if not np.all(np.isfinite(sd)) or np.any(sd < 0):
+            raise AssertionError("sum_rounding_sd: your function must return one finite number "
+                                 f"≥ 0 per vector (got e.g. {out[int(np.argmax(~np.isfinite(sd) | (sd < 0)))]!r})")
+        a, b = sd[:M], sd[M:]
+        moved = np.abs(a - b) / np.maximum(np.maximum(a, b), np.finfo(float).tiny)
+        if moved.max() > 0.01:
+            raise AssertionError(
+                f"sum_rounding_sd: moving x[0] by a fraction of the final grid spacing changed your sd by {moved.max():.0%} "
+                "(at most 1 % expected): it should predict the spread of the error from the sizes "
+                "of the partial sums, not measure this vector's error")
+        return {"rms of sd over the vectors": float(np.sqrt(np.mean(sd ** 2)))}
+
+    def oracle(X):
+        return {"rms of sd over the vectors": _measured_sd(X)}
+
+    options.setdefault("rtol", 0.3)
+    options.setdefault("atol", 0.0)
+    _run_cases("sum_rounding_sd", mine_rows, reference or oracle, cases, task="11.2", post=post, **options)
