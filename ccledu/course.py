@@ -227,12 +227,31 @@ def _file_regions(path: Path, root: Path):
     return None, [(None, lines, _scan(lines, rel, None, prefix, counter, _comment_lines(text)))]
 
 
+def _repository_root(src) -> Path:
+    """``src`` resolved, or FileNotFoundError saying why it is not a repository to read tasks
+    from (a missing folder used to give an empty task list and exit status 0)."""
+    root = Path(src).resolve()
+    if not root.exists():
+        raise FileNotFoundError(f"{src}: no such folder; give the root of a ccledu repository "
+                                f"(the folder that holds chapters/ and ccledu/)")
+    if not root.is_dir():
+        raise FileNotFoundError(f"{src} is a file, not a folder; give the root of a ccledu "
+                                f"repository (the folder that holds chapters/ and ccledu/)")
+    if not (root / "chapters").is_dir() and not (root / "ccledu").is_dir():
+        raise FileNotFoundError(f"{src} holds neither chapters/ nor ccledu/: it is not a ccledu "
+                                f"repository; give the root of one (e.g. `ccledu course list .` "
+                                f"from the repository's root)")
+    return root
+
+
 def find_tasks(src) -> list[Task]:
     """Every solution region under ``src`` (chapters first, then the package), in file order.
 
-    Raises ValueError on malformed regions or on two regions with the same task id.
+    Raises FileNotFoundError when ``src`` is not a folder, or holds neither ``chapters/`` nor
+    ``ccledu/`` (not a ccledu repository); ValueError on malformed regions or on two regions with
+    the same task id.
     """
-    root = Path(src).resolve()
+    root = _repository_root(src)
     tasks = []
     for path in _source_files(root):
         _, parts = _file_regions(path, root)

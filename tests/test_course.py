@@ -145,6 +145,28 @@ def test_cli(tiny_repo, tmp_path, capsys):
     assert "2 task(s)" in out and "Task 9.2" in out
 
 
+@pytest.mark.parametrize("what", ["missing", "empty", "file"])
+def test_cli_list_of_a_folder_that_is_not_a_repository_fails_in_one_line(tmp_path, what):
+    """``ccledu course list DIR`` of a missing folder (a typo) used to print nothing and exit
+    0; now: exit status 2, one line on stderr saying what is wrong, no traceback."""
+    target = tmp_path / "no-such-folder"
+    if what == "empty":
+        target.mkdir()
+    elif what == "file":
+        target.write_text("")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    res = subprocess.run([sys.executable, "-m", "ccledu", "course", "list", str(target)],
+                         capture_output=True, text=True, env=env)
+    assert res.returncode == 2 and res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert str(target) in lines[0] and "ccledu repository" in lines[0]
+    assert {"missing": "no such folder", "empty": "neither chapters/ nor ccledu/",
+            "file": "not a folder"}[what] in lines[0]
+    with pytest.raises(FileNotFoundError, match="ccledu repository"):
+        find_tasks(target)
+
+
 # --------------------------------------------------------------------------------------------
 # This repository
 # --------------------------------------------------------------------------------------------
