@@ -94,3 +94,29 @@ def test_fa_gradient_is_that_of_the_local_objective():
         a_prev = a[l]
         num = numerical_gradient(lambda: np.sum(deltas[l] * (a_prev @ W.T)), W)
         assert grad_rel_error(grads[f"forward.{l}.weight"], num) < 1e-6, l
+
+
+# --------------------------------------------------------------------------------------------
+# Task 3.3 (derived): the sign-symmetry cosine
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.ch03
+def test_sign_symmetry_oracle_measures_the_cosine():
+    """The check's measurement: 1 when |W| is constant (sign(W) is W up to a scale), the
+    notebook's prediction for uniform weights (√3/2) and FA's ≈ 0 for a B independent of W."""
+    from ccledu.check.ch03 import _measured_sign_cos
+    g = np.random.default_rng(4)
+    W = 0.3 * np.sign(g.standard_normal((200, 150)))
+    assert _measured_sign_cos(W, 1) == pytest.approx(1.0, abs=1e-12)
+    assert _measured_sign_cos(g.uniform(-1, 1, (400, 300)), 2) == pytest.approx(np.sqrt(3) / 2, abs=0.01)
+    delta = np.random.default_rng(3).standard_normal((256, 300))
+    u, v = (delta @ g.standard_normal((300, 200))).ravel(), (delta @ np.sign(g.standard_normal((300, 200)))).ravel()
+    assert abs(u @ v / np.sqrt((u @ u) * (v @ v))) < 0.02
+
+
+@pytest.mark.ch03
+def test_sign_symmetry_reference_passes_the_graded_seeds():
+    from conftest import load_solutions
+    fn = load_solutions("03_feedback_alignment")["my_sign_symmetry_cos"]
+    for seed in (0, 63):
+        check.sign_symmetry_cos(fn, seed=seed, verbose=False)

@@ -134,6 +134,13 @@ def _mistakes():
             "σ' forgotten": lambda d, B, z: d @ B,
             "σ(z) instead of σ'(z)": lambda d, B, z: (d @ B) * _elu(z)}),
         ("fa_gradients", {"the error sent down through W (backprop)": fa_through_w}),
+        ("sign_symmetry_cos", {
+            "√(2/π) for every distribution": lambda W: float(np.sqrt(2 / np.pi)),
+            "sign(0) = 0 forgotten": lambda W: float(np.mean(np.abs(W)) / np.sqrt(np.mean(W ** 2))),
+            "squared cosine": lambda W: c3["my_sign_symmetry_cos"](W) ** 2,
+            "ratio that depends on the scale": lambda W: float(np.mean(np.abs(W)) / np.mean(W ** 2)),
+            "angle in degrees": lambda W: float(np.degrees(np.arccos(c3["my_sign_symmetry_cos"](W)))),
+            "FA's 0 (B independent of W)": lambda W: 0.0}),
         ("dfa_update", {
             "σ' at a_prev": lambda e, D, a, W: ((e @ D.T) * _dsig(a)).T @ a,
             "transposed result": lambda e, D, a, W: a.T @ ((e @ D.T) * _dsig(a @ W.T))}),
@@ -204,6 +211,7 @@ def _cheats():
     from ccledu.rules.ccl import MLP_WIDTH_REF, match_loss
     from ccledu.check.ch01 import _fd_linear_backward
     from ccledu.check.ch05 import _fd_ccl_mlp_pair
+    from ccledu.check.ch03 import _measured_sign_cos
     from ccledu.check.ch11 import _measured_sd, _sequential_sums as _seq_sums
 
     def linear_via_layer(x, W, dy):
@@ -229,6 +237,7 @@ def _cheats():
         ("angle", "ccledu.metrics.angle", lambda a, b: angle(a, b), "ccledu.metrics.angle"),
         ("backend_softmax", "ccledu.losses.softmax", lambda z: softmax(z), "ccledu.losses.softmax"),
         ("trace_compare", "ccledu.trace.compare (re-exported)", _trace_cheat, "ccledu.trace.compare"),
+        ("sign_symmetry_cos", "the check's measurement", lambda W: _measured_sign_cos(W, 0), "ccledu.check"),
         ("sum_rounding_sd", "the check's sequential sum",
          lambda x: abs(float(_seq_sums(x[None, :])[0]) - float(np.sum(x, dtype=np.float64))), "ccledu.check"),
         ("sum_rounding_sd", "the check's measurement", lambda x: _measured_sd(x[None, :]), "ccledu.check"),

@@ -13,7 +13,7 @@ import numpy as np
 
 from . import Case, _rng, _run_cases, elu, fd_grad, fd_vjp, mean_cross_entropy, register
 
-__all__ = ["fa_delta", "fa_gradients", "fa_cases"]
+__all__ = ["fa_delta", "fa_gradients", "fa_cases", "sign_symmetry_cos"]
 
 FD_TOL = dict(rtol=1e-6, atol=1e-7)
 _FORBID = ("ccledu.rules.fa", "ccledu.rules.bp", "ccledu.layers:Linear.backward",
@@ -102,3 +102,59 @@ def fa_gradients(fn, reference=None, seed=0, **options) -> None:
 
     _run_cases("fa_gradients", mine, reference or _fd_fa_gradients, cases, task="3.2",
                forbid=_FORBID, **dict(FD_TOL, **options))
+
+
+# --------------------------------------------------------------------------------------------
+# Task 3.3 (derived): how well does sign symmetry align with backprop?
+# --------------------------------------------------------------------------------------------
+
+def _measured_sign_cos(W, seed):
+    """The cosine, measured, between the errors that backprop (δ W) and sign symmetry
+    (δ sign(W)) send below a layer of weight ``W`` (d_{l+1}, d_l), over a batch of 256 random
+    errors δ (standard normal rows, drawn from ``seed``), the batch flattened into one vector."""
+    delta = np.random.default_rng(seed).standard_normal((256, W.shape[0]))
+    u, v = (delta @ W).ravel(), (delta @ np.sign(W)).ravel()
+    return float(u @ v / np.sqrt((u @ u) * (v @ v)))
+
+
+@register
+def sign_symmetry_cos(fn, reference=None, seed=0, **options) -> None:
+    """Task 3.3: predict the cosine between sign symmetry's and backprop's hidden error.
+
+    Contract: ``fn(W) -> cos`` (a float): ``W`` (d_{l+1}, d_l) a weight matrix whose entries are
+    drawn independently from one distribution symmetric about 0 (possibly with exact zeros);
+    ``cos`` the cosine between δ W and δ sign(W) that the derivation predicts for a wide layer,
+    its expectations estimated from the entries of ``W``.
+
+    Oracle: **measurement** — 256 random errors δ (never shown to your function) are sent through
+    W and through sign(W) and the cosine of the two results is measured; yours must agree within
+    0.015. Six weight distributions (normal at two scales, uniform, Laplace, Student-t with 3
+    degrees of freedom, and a normal with 60 % of the entries set to 0).
+    """
+    g = _rng(seed)
+    specs = [("normal, σ = 0.05", lambda s: 0.05 * g.standard_normal(s)),
+             ("normal, σ = 3", lambda s: 3.0 * g.standard_normal(s)),
+             ("uniform on (-0.1, 0.1)", lambda s: g.uniform(-0.1, 0.1, s)),
+             ("Laplace", lambda s: g.laplace(0.0, 0.2, s)),
+             ("Student-t, 3 degrees of freedom", lambda s: 0.1 * g.standard_t(3, s)),
+             ("normal with 60 % of the entries exactly 0",
+              lambda s: g.standard_normal(s) * (g.random(s) < 0.4))]
+    cases = []
+    for label, draw in specs:
+        shape = (int(g.integers(200, 400)), int(g.integers(200, 400)))
+        cases.append(Case(f"{label}, W {shape[0]}×{shape[1]}", (draw(shape),)))
+    oracle_seed = int(g.integers(1 << 30))
+
+    def post(out, W):
+        if np.size(out) != 1 or not np.isfinite(float(np.asarray(out))):
+            raise AssertionError(f"sign_symmetry_cos: your function must return one finite number "
+                                 f"(a cosine), got {out!r}")
+        return float(np.asarray(out))
+
+    def oracle(W):
+        return _measured_sign_cos(W, oracle_seed)
+
+    options.setdefault("rtol", 0.0)
+    options.setdefault("atol", 0.015)
+    _run_cases("sign_symmetry_cos", fn, reference or oracle, cases, task="3.3", forbid=_FORBID,
+               post=post, **options)
