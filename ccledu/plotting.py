@@ -73,6 +73,9 @@ def legend(ax, *others, **kwargs):
         raise ValueError("legend(): none of the axes has a labelled artist; pass label=... "
                          "to plot() first")
     kwargs.setdefault("fontsize", 8)
+    if others:      # draw ax (and so its legend) above the twin axes, whose lines would cover it
+        ax.set_zorder(max(a.get_zorder() for a in others) + 1)
+        ax.patch.set_visible(False)
     return ax.legend(handles, names, **kwargs)
 
 

@@ -33,6 +33,7 @@ def test_twin_axis_legend_holds_both_lines(fig_ax):
     ax2.plot([1, 2, 3], [50, 70, 80], label="val. accuracy")
     leg = P.legend(ax, ax2)
     assert [t.get_text() for t in leg.get_texts()] == ["train CE", "val. accuracy"]
+    assert ax.get_zorder() > ax2.get_zorder()        # the legend is not hidden under ax2's lines
     # the plain legend would have missed the twin axis' line
     assert [t.get_text() for t in ax.legend().get_texts()] == ["train CE"]
 
