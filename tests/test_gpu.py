@@ -27,6 +27,8 @@ HOST_FUNCTIONS = {
     ("rules/ff.py", "negatives"),      # negative labels drawn on the host from the seed
     ("rules/ff.py", "gratings"),       # a constant label pattern, built once and cached
     ("rules/ff.py", "diagnostics"),    # per-epoch host summaries
+    ("rules/ff.py", "__init__"),       # option checks on Python floats
+    ("rules/ff.py", "setup"),          # host draws (normal_fan_out init, zero head), then moved
     ("optim.py", "state_dict"),        # checkpoints are host arrays
 }
 RULES = ["bp", "fa", "dfa", "ccl", "ff", "drtp", "dtp", "drl", "ldrl", "fwdtp", "sign", "kp"]
