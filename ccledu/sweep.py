@@ -621,8 +621,9 @@ class Sweep:
                 rows.append({"point": point, "settings": settings, "n": n_done, "diverged": n_div,
                              "value": _worst_mean(vals, sel["metric"]) if vals else None,
                              "complete": full})
-            ranked = [r for r in rows if r["complete"]]
-            chosen = choose(ranked, sel["metric"]) if ranked else None
+            ranked = [i for i, r in enumerate(rows) if r["complete"]]
+            chosen = (ranked[choose([rows[i] for i in ranked], sel["metric"])]
+                      if ranked else None)        # an index into rows (grid order)
             entry = {"settings": rows, "searched": len(ranked), "total": len(rows),
                      "complete": complete, "chosen": chosen, "final": []}
             if chosen is not None:

@@ -191,7 +191,8 @@ def test_incomplete_search_is_provisional(tmp_path):
     _fake_run(tmp_path, spec, {"lr_forward": 0.2}, 0, 0.9, 0.9)
     sweep = S.Sweep(spec)
     sel = sweep.selection()["g"]
-    assert not sel["complete"] and sel["searched"] == 1 and sel["chosen"] == 0
+    assert not sel["complete"] and sel["searched"] == 1 and sel["chosen"] == 1
+    assert sel["settings"][sel["chosen"]]["point"] == {"lr_forward": 0.2}   # the one searched
     assert sweep.add_final_runs() == 0               # no final runs before the search is done
     sweep.write_tables()
     assert "provisional: search incomplete" in (tmp_path / "results.md").read_text()
