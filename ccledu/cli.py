@@ -140,7 +140,7 @@ def _explicit_train_flags(args) -> list:
 
 
 def cmd_train(args) -> int:
-    from .train import DivergenceError, Interrupted, TrainConfig, run
+    from .train import TrainConfig, run
 
     if args.resume is not None:
         others = _explicit_train_flags(args)
@@ -148,17 +148,8 @@ def cmd_train(args) -> int:
             raise ValueError(f"--resume continues the run with the settings of its checkpoint; "
                              f"drop {', '.join(others)} (only --epochs may be given, to extend it)")
         overrides = {"epochs": args.epochs} if args.epochs is not None else None
-        try:
-            metrics = run(overrides, progress=not args.quiet, resume=args.resume)
-        except DivergenceError as e:
-            print(f"ccledu: {e}", file=sys.stderr)
-            return 3
-        except Interrupted as e:
-            print(f"ccledu: {e}", file=sys.stderr)
-            return 130
-        if args.quiet:
-            print(f"test_accuracy {metrics['test_accuracy']:.4f}")
-        return 0
+        return _train_and_report(lambda: run(overrides, progress=not args.quiet,
+                                             resume=args.resume), args.quiet)
     settings = {}
     if args.config:
         try:
@@ -189,15 +180,23 @@ def cmd_train(args) -> int:
     opts = dict(settings.get("rule_options", {}) or {})
     opts.update(collect_rule_options(args, settings["rule"]))
     settings["rule_options"] = opts
+    return _train_and_report(lambda: run(TrainConfig.from_dict(settings), progress=not args.quiet),
+                             args.quiet)
+
+
+def _train_and_report(train, quiet: bool) -> int:
+    """Run ``train()``; exit 3 on divergence and 130 on Ctrl-C (one line each), else 0."""
+    from .train import DivergenceError, Interrupted
+
     try:
-        metrics = run(TrainConfig.from_dict(settings), progress=not args.quiet)
+        metrics = train()
     except DivergenceError as e:
         print(f"ccledu: {e}", file=sys.stderr)
         return 3
     except Interrupted as e:
         print(f"ccledu: {e}", file=sys.stderr)
         return 130
-    if args.quiet:
+    if quiet:
         print(f"test_accuracy {metrics['test_accuracy']:.4f}")
     return 0
 
