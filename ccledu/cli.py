@@ -89,7 +89,8 @@ def _add_train(sub, context=None):
     p.add_argument("--rule", default="bp", choices=sorted(RULES), help="learning rule (default bp)")
     p.add_argument("--model", default="mlp",
                    help="mlp | cnn (paper architectures for --data), a preset (mlp-mnist, cnn-cifar10, ...) "
-                        "or a spec: mlp:784-256-10, cnn:1x28x28-c8-c16-10 (default mlp)")
+                        "or a spec: mlp:784-256-10, cnn:1x28x28-c8-c16-10; autoencoder[:16-32] "
+                        "(encoder channels) for --rule ccl-ae / bp-ae (default mlp, or the rule's)")
     p.add_argument("--data", default="mnist", help="mnist | fashion-mnist | cifar10 | cifar100 (default mnist)")
     p.add_argument("--seed", type=ranged("seed"), default=0,
                    help="seed of weights, split, shuffling, an integer >= 0 (default 0)")
@@ -197,7 +198,8 @@ def _train_and_report(train, quiet: bool) -> int:
         print(f"ccledu: {e}", file=sys.stderr)
         return 130
     if quiet:
-        print(f"test_accuracy {metrics['test_accuracy']:.4f}")
+        key = "test_accuracy" if "test_accuracy" in metrics else "test_loss"
+        print(f"{key} {metrics[key]:.4f}" if key == "test_accuracy" else f"{key} {metrics[key]:.6f}")
     return 0
 
 
@@ -321,8 +323,7 @@ def _guarded(fn):
 
 
 #: optional sub-commands living in other modules: name -> module with ``add_parser(sub)``
-EXTRA_COMMANDS = ["ccledu.course", "ccledu.autoencoder", "ccledu.sweep",
-                  "ccledu.book"]
+EXTRA_COMMANDS = ["ccledu.course", "ccledu.sweep", "ccledu.book"]
 
 
 def build_parser(argv=None):

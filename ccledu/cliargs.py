@@ -1,5 +1,5 @@
 """Command-line building blocks shared by every sub-command (``ccledu.cli`` and the modules
-that add a sub-command: course, autoencoder, sweep, book): the one-line-error parser, range-checked
+that add a sub-command: course, sweep, book): the one-line-error parser, range-checked
 argument types, and the rule-option flags. Nothing here imports ``ccledu.cli``."""
 from __future__ import annotations
 
@@ -62,7 +62,8 @@ def _none_or(tp, rng=None):
 
 
 def _rule_options():
-    """All rules' OPTIONS, merged: option name -> [type, default, help, [rules], range or None]."""
+    """All rules' OPTIONS, merged: option name -> [type, {rule: default}, help, [rules], range
+    or None]."""
     merged = {}
     for name in RULES:
         try:
@@ -74,16 +75,20 @@ def _rule_options():
             rng = spec[3] if len(spec) > 3 else None
             if opt in merged:
                 merged[opt][3].append(name)
+                merged[opt][1][name] = default
             else:
-                merged[opt] = [tp, default, helptext, [name], rng]
+                merged[opt] = [tp, {name: default}, helptext, [name], rng]
     return merged
 
 
 def add_rule_option_flags(p):
     group = p.add_argument_group("rule options (each applies to the rules named in brackets)")
-    for opt, (tp, default, helptext, rules, rng) in sorted(_rule_options().items()):
+    for opt, (tp, defaults, helptext, rules, rng) in sorted(_rule_options().items()):
         flag = "--" + opt.replace("_", "-")
-        text = f"[{', '.join(rules)}] {helptext} (default {default!r}"
+        distinct = set(map(repr, defaults.values()))
+        shown = (distinct.pop() if len(distinct) == 1
+                 else ", ".join(f"{r} {v!r}" for r, v in defaults.items()))
+        text = f"[{', '.join(rules)}] {helptext} (default {shown}"
         text += f"; {rng.describe()})" if rng is not None else ")"
         if tp is bool:
             group.add_argument(flag, dest="ropt_" + opt, action=argparse.BooleanOptionalAction,

@@ -18,7 +18,10 @@ Model specifications (``build_model``):
 * ``mlp`` or ``cnn``: the paper preset for the dataset;
 * ``mlp:784-256-10``: widths from the input to the classes;
 * ``cnn:1x28x28-c8-c16-10``: input C×H×W, conv blocks ``cK`` (3×3 conv, stride 1, padding 1,
-  activation, max-pool 2, K channels), then the number of classes (flatten + linear).
+  activation, max-pool 2, K channels), then the number of classes (flatten + linear);
+* ``autoencoder`` (= ``autoencoder:16-32``) or ``autoencoder:128-256-1024-2048``: a convolutional
+  autoencoder (:func:`autoencoder`) with those encoder channels, for the dataset's images
+  (zero-padded to a multiple of 2^depth); the rules ``ccl-ae`` and ``bp-ae`` train it.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import re
 import numpy as np
 
 from .backend import get_array_module, rng as make_rng
-from .layers import Activation, Conv2d, Flatten, Linear, MaxPool2d
+from .layers import Activation, Conv2d, Flatten, Linear, MaxPool2d, Upsample2d
 
 
 class Block:
@@ -86,21 +89,28 @@ class Block:
         d["activation"] = self.activation
         if self.kind == "conv":
             d["pool"] = self.pool
+        ups = [layer.s for layer in self.layers if isinstance(layer, Upsample2d)]
+        if ups:
+            d["upsample"] = ups[0]
         return d
 
 
 class Network:
-    """A feed-forward stack of blocks mapping x (N, *input_shape) to logits (N, C).
+    """A feed-forward stack of blocks mapping x (N, *input_shape) to logits (N, C), or, with
+    ``num_classes=None`` (an autoencoder), to a reconstruction of x's shape.
 
     After ``forward(x)``, ``self.x`` is the input and ``block.out`` each block's output a_l.
     Parameters are named ``forward.<l>.weight`` / ``forward.<l>.bias`` (l = 0 from the input).
+    ``pixels``: the model wants inputs in [0, 1] pixels rather than mean/std-normalised ones
+    (an autoencoder reconstructs pixels); the trainer's data loading follows it.
     """
 
-    def __init__(self, blocks, input_shape, num_classes: int, kind: str, activation: str,
-                 dtype="float32"):
+    def __init__(self, blocks, input_shape, num_classes: int | None, kind: str, activation: str,
+                 dtype="float32", pixels: bool = False):
         self.blocks = list(blocks)
         self.input_shape = tuple(int(s) for s in input_shape)
-        self.num_classes = int(num_classes)
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.pixels = bool(pixels)
         self.kind = kind
         self.activation = activation
         self.dtype = np.dtype(dtype)
@@ -111,8 +121,9 @@ class Network:
         for b in self.blocks:
             shape = b.output_shape(shape)
             self.shapes.append(shape)
-        if self.shapes[-1] != (self.num_classes,):
-            raise ValueError(f"the last block outputs {self.shapes[-1]}, expected ({num_classes},)")
+        wanted = self.input_shape if num_classes is None else (self.num_classes,)
+        if self.shapes[-1] != wanted:
+            raise ValueError(f"the last block outputs {self.shapes[-1]}, expected {wanted}")
 
     def __len__(self):
         return len(self.blocks)
@@ -174,7 +185,8 @@ class Network:
         return [b.spec() for b in self.blocks]
 
     def describe(self) -> str:
-        lines = [f"{self.kind.upper()} input {self.input_shape} -> {self.num_classes} classes"]
+        out = f"{self.num_classes} classes" if self.num_classes else f"{self.input_shape}"
+        lines = [f"{self.kind.upper()} input {self.input_shape} -> {out}"]
         for l, (b, s) in enumerate(zip(self.blocks, self.shapes)):
             n = sum(int(np.prod(p.shape)) for p in b.main.params.values())
             lines.append(f"  block {l}: {b.spec()} -> {s}  ({n} parameters)")
@@ -241,6 +253,59 @@ def cnn(input_shape, channels, num_classes: int, activation: str = "elu", bias: 
     return Network(blocks, input_shape, num_classes, "cnn", activation, dtype)
 
 
+def ae_block(cin: int, cout: int, *, stride: int = 1, upsample: bool = False,
+             activation: str = "elu", bias: bool = True, seed=0, dtype="float32",
+             init_scale: float = 1.0) -> Block:
+    """An autoencoder block: [nearest ×2 upsample] → 3×3 conv (stride 1 or 2, padding 1) → σ.
+
+    Shapes: x (N, C_in, H, W) -> (N, C_out, H', W'), H' = 2H (upsample), H/2 (stride 2) or H.
+    Weights U(±init_scale/√fan_in) (PyTorch's default times ``init_scale``), biases zero; no
+    activation layer for ``'identity'``.
+    """
+    conv = Conv2d(cin, cout, 3, stride=stride, padding=1, bias=bias, seed=seed, dtype=dtype,
+                  init_scale=init_scale)
+    if bias:
+        conv.params["bias"][...] = 0
+    layers = ([Upsample2d(2)] if upsample else []) + [conv]
+    if activation != "identity":
+        layers.append(Activation(activation))
+    return Block(layers, "conv", activation)
+
+
+#: factor on the decoder's initial forward weights (and CCL's encoder feedback; public code)
+SMALL_INIT = 1e-3
+#: encoder channels of the model spec ``autoencoder``
+AE_CHANNELS = (16, 32)
+
+
+def autoencoder(input_shape=(1, 28, 28), channels=AE_CHANNELS, activation: str = "elu",
+                bias: bool = True, seed=0, dtype="float32", small_init: float = SMALL_INIT
+                ) -> Network:
+    """The convolutional autoencoder of the paper's §4.3 (``ccledu/rules/autoencoder.py``):
+    D = len(channels) stride-2 conv blocks c_{l-1} → c_l down, then D blocks [upsample ×2,
+    conv] back up, the last one linear; x (N, C, H, W) -> x̂ of the same shape (H, W divisible
+    by 2^D). The decoder's weights are scaled by ``small_init``; one seeded host generator
+    draws all weights in block order.
+    """
+    chans = tuple(int(c) for c in channels)
+    if not chans or min(chans) < 1:
+        raise ValueError(f"channels must be a non-empty list of positive ints, got {channels}")
+    D = len(chans)
+    C, H, W = (int(v) for v in input_shape)
+    if H % 2 ** D or W % 2 ** D:
+        raise ValueError(f"an autoencoder with {D} stride-2 layers needs H and W divisible by "
+                         f"{2 ** D}; got {H}×{W}. Pad the images or use fewer channels")
+    g = make_rng(seed)
+    ch = (C,) + chans
+    blocks = [ae_block(ch[l - 1], ch[l], stride=2, activation=activation, bias=bias, seed=g,
+                       dtype=dtype) for l in range(1, D + 1)]
+    for k in range(D - 1, -1, -1):            # decoder block back to level k
+        blocks.append(ae_block(ch[k + 1], ch[k], upsample=True,
+                               activation=activation if k > 0 else "identity", bias=bias,
+                               seed=g, dtype=dtype, init_scale=small_init))
+    return Network(blocks, (C, H, W), None, "autoencoder", activation, dtype, pixels=True)
+
+
 PAPER_CNN_CHANNELS = (128, 128, 256, 256, 512)
 
 #: preset name -> (kind, description used by build_model)
@@ -257,6 +322,20 @@ PRESETS = {
 
 _MLP_RE = re.compile(r"^mlp:(\d+(?:-\d+)+)$")
 _CNN_RE = re.compile(r"^cnn:(\d+)x(\d+)x(\d+)((?:-c\d+)*)-(\d+)$")
+_AE_RE = re.compile(r"^autoencoder(?::(\d+(?:-\d+)*))?$")
+#: specifications that name only a kind (the rule or the dataset chooses the rest)
+PLAIN = ("mlp", "cnn", "autoencoder")
+
+
+def _ae_input(data, depth: int):
+    """The dataset's image shape, zero-padded to a square multiple of 2^depth when needed."""
+    from .data import lookup
+
+    C, H, W = lookup(data).input_shape
+    f = 2 ** depth
+    if H % f or W % f:
+        H = W = -(-max(H, W) // f) * f
+    return (C, H, W)
 
 
 def parse_spec(spec: str, data: str | None = None):
@@ -277,20 +356,33 @@ def parse_spec(spec: str, data: str | None = None):
         shape = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
         chans = [int(c) for c in re.findall(r"c(\d+)", m.group(4))]
         return "cnn", (shape, tuple(chans), int(m.group(5)))
+    m = _AE_RE.match(s)
+    if m:
+        chans = tuple(int(c) for c in m.group(1).split("-")) if m.group(1) else AE_CHANNELS
+        if data is None:
+            raise ValueError(f"model {spec!r} needs a dataset for its input shape; pass data=...")
+        return "autoencoder", (_ae_input(data, len(chans)), chans)
     raise ValueError(f"cannot read model specification {spec!r}. Use a preset "
                      f"({', '.join(sorted(PRESETS))}), 'mlp'/'cnn' with a dataset, "
-                     f"'mlp:784-256-10' (widths) or 'cnn:1x28x28-c8-c16-10' "
-                     f"(input CxHxW, conv blocks cK, classes)")
+                     f"'mlp:784-256-10' (widths), 'cnn:1x28x28-c8-c16-10' "
+                     f"(input CxHxW, conv blocks cK, classes) or 'autoencoder:16-32' "
+                     f"(encoder channels)")
 
 
 def build_model(spec: str, data: str | None = None, activation: str = "elu", bias: bool = False,
-                seed=0, dtype="float32") -> Network:
-    """Build a network from a specification string (preset or explicit)."""
+                seed=0, dtype="float32", **options) -> Network:
+    """Build a network from a specification string (preset or explicit). ``options`` go to
+    the builder (a rule's :meth:`~ccledu.rules.base.Rule.model_options`, e.g. the
+    autoencoder's ``small_init``)."""
     kind, args = parse_spec(spec, data)
     if kind == "mlp":
-        return mlp(args, activation=activation, bias=bias, seed=seed, dtype=dtype)
+        return mlp(args, activation=activation, bias=bias, seed=seed, dtype=dtype, **options)
+    if kind == "autoencoder":
+        return autoencoder(*args, activation=activation, bias=bias, seed=seed, dtype=dtype,
+                           **options)
     shape, chans, classes = args
-    return cnn(shape, chans, classes, activation=activation, bias=bias, seed=seed, dtype=dtype)
+    return cnn(shape, chans, classes, activation=activation, bias=bias, seed=seed, dtype=dtype,
+               **options)
 
 
 def build_from_layers(layers: list, input_shape, num_classes: int, seed=0, dtype="float64") -> Network:

@@ -112,7 +112,7 @@ def group_settings(name: str, settings: dict) -> dict:
 def build_groups(param_groups: dict, settings: dict) -> list:
     """One :class:`ParamGroup` per entry of ``param_groups`` ({group name: {parameter name:
     array}}, a rule's ``param_groups(model)``), with :func:`group_settings`. The one place
-    optimiser groups are made (trainer, traces, autoencoder)."""
+    optimiser groups are made (trainer, traces)."""
     return [ParamGroup(name, params, **group_settings(name, settings))
             for name, params in param_groups.items()]
 

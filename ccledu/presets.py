@@ -98,8 +98,28 @@ _FF = {
 _FF_ANY = ("activation", "batch_size", "lr_forward", "momentum_forward", "optimizer",
            "weight_decay_forward", "clip_forward", "warmup", "diagnostics")
 
+#: the convolutional autoencoders (ccl-ae, bp-ae; docs/autoencoder.md): "cpu", a 16-32 net for
+#: MNIST-sized images tuned here (the table's entries); "paper", the public code's channels and
+#: the legacy STL-10 files' optimiser (yaml/cnn_ae/stl10_ccl_legacy.yaml, stl10_bp_legacy.yaml;
+#: meant for a GPU)
+_AE = dict(model="autoencoder:16-32", activation="elu", bias=True, epochs=5, batch_size=64,
+           momentum_forward=0.9, momentum_feedback=0.9, weight_decay_forward=0.0,
+           weight_decay_feedback=0.0, clip_forward=1.0, clip_feedback=1.0, centralize=True,
+           warmup=20, cosine_tmax=0)
+_AE_PAPER = dict(model="autoencoder:128-256-1024-2048", activation="relu", epochs=50,
+                 batch_size=32, centralize=True, cosine_tmax=50)
+
 #: rule -> {preset name: settings} (``ccledu train --preset NAME``)
-NAMED = {"ff": _FF}
+NAMED = {
+    "ff": _FF,
+    "ccl-ae": {"paper": dict(_AE_PAPER, lr_forward=0.01, lr_feedback=0.01, momentum_forward=0.9,
+                             momentum_feedback=0.9, weight_decay_forward=1e-4,
+                             weight_decay_feedback=1e-4, clip_forward=0.2, clip_feedback=0.2,
+                             warmup=100)},
+    "bp-ae": {"paper": dict(_AE_PAPER, lr_forward=0.03, momentum_forward=0.5,
+                            weight_decay_forward=1e-5, clip_forward=0.2, warmup=200,
+                            rule_options={"small_init": 1e-3})},
+}
 
 #: first match wins; a rule with no matching entry trains with :data:`PROJECT`
 TABLE = [
@@ -159,6 +179,10 @@ TABLE = [
                clip_feedback=0.0),
           "FA's tuned settings, feedback group equal to the forward one, shared decay 1e-4, no "
           "clipping (Kolen-Pollack's identity needs equal updates)"),
+    Entry("ccl-ae", None, None, dict(_AE, lr_forward=0.02, lr_feedback=0.02),
+          "tuned here (MNIST, docs/autoencoder.md); the net scaled down from the public code's"),
+    Entry("bp-ae", None, None, dict(_AE, lr_forward=0.05),
+          "tuned here (MNIST, docs/autoencoder.md), plain initial scale (small_init 1)"),
 ]
 
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from . import __version__
 from .backend import asarray, get_array_module, machine_info, to_numpy, use
-from .models import build_model, parse_spec
+from .models import PLAIN, build_model, parse_spec
 from .presets import PROJECT, named, resolve_sources
 from .ranges import Range
 from .rules import rule_class
@@ -60,9 +60,10 @@ class DivergenceError(RuntimeError):
 class TrainConfig:
     """Every setting of a training run. ``None`` means "use the default" (see module doc).
 
-    rule:  'bp' | 'fa' | 'dfa' | 'ccl' | 'ff'
+    rule:  a name of ``ccledu.rules.RULES`` ('bp', 'fa', 'dfa', 'ccl', 'ff', ...; 'ccl-ae' and
+           'bp-ae' train autoencoders)
     model: 'mlp' | 'cnn' (the paper architecture for ``data``), a preset such as 'mlp-mnist',
-           or an explicit spec 'mlp:784-256-10' / 'cnn:1x28x28-c8-c16-10'
+           an explicit spec 'mlp:784-256-10' / 'cnn:1x28x28-c8-c16-10', or 'autoencoder[:16-32]'
     data:  'mnist' | 'fashion-mnist' | 'cifar10' | 'cifar100'
     limit_train / limit_test: keep only the first n (shuffled) examples, for quick runs
     diagnostics: call the rule's ``diagnostics`` on a held-out batch after every epoch
@@ -141,13 +142,13 @@ def resolve(config: TrainConfig) -> TrainConfig:
     rule_options.update(preset.pop("rule_options", {}) or {})
     rule_options.update(config.rule_options or {})
     for k, v in preset.items():
-        if k in explicit and (explicit[k] is None or k == "model" and config.model in ("mlp", "cnn")):
+        if k in explicit and (explicit[k] is None or k == "model" and config.model in PLAIN):
             merged[k] = v
     out = {}
     for f in dataclasses.fields(config):
         v = explicit[f.name]
         out[f.name] = v if v is not None else merged.get(f.name)
-    if "model" in preset and config.model in ("mlp", "cnn"):
+    if "model" in preset and config.model in PLAIN:
         out["model"] = preset["model"]
     elif "model" in rule_defaults and config.model == kind:
         out["model"] = rule_defaults["model"]      # plain "mlp"/"cnn": the rule's own default
@@ -529,8 +530,11 @@ def _apply_checkpoint(state, arrays, model, rule, optimizer, gen):
 # Data
 # --------------------------------------------------------------------------------------------
 
-def load_splits(config: TrainConfig, input_shape):
-    """Load ``config.data`` and shape it for a model with ``input_shape``.
+def load_splits(config: TrainConfig, input_shape, pixels: bool = False):
+    """Load ``config.data`` and shape it for a model with ``input_shape``: flattened for an
+    MLP, zero-padded when the model's images are larger. The inputs are normalised by the
+    dataset's mean/std, or, with ``pixels`` (a model's ``pixels``, e.g. an autoencoder), mapped
+    back to [0, 1] pixels by x·std + mean.
 
     Returns host arrays ((x_train, y_train), (x_val, y_val), (x_test, y_test)).
     """
@@ -559,6 +563,10 @@ def load_splits(config: TrainConfig, input_shape):
         val = (val[0][:nv], val[1][:nv])
     if config.limit_test:
         test = (test[0][:config.limit_test], test[1][:config.limit_test])
+    if pixels:
+        mean, std = (np.asarray(v, dtype=np.float64).reshape(1, -1, *[1] * (len(input_shape) - 1))
+                     for v in (ds.info.mean, ds.info.std))
+        train, val, test = (((x * std + mean).astype(x.dtype), y) for x, y in (train, val, test))
     return train, val, test
 
 
@@ -569,18 +577,6 @@ def load_splits(config: TrainConfig, input_shape):
 def _sync(xp):
     if xp is not np:
         xp.cuda.Stream.null.synchronize()
-
-
-def evaluate(model, rule, x, y, batch_size: int = 1024):
-    """(mean loss, accuracy) of ``rule.evaluate`` over host arrays x, y."""
-    total_loss, correct, n = 0.0, 0, len(y)
-    for i in range(0, n, batch_size):
-        xb = asarray(x[i:i + batch_size], dtype=model.dtype)
-        yb = asarray(y[i:i + batch_size])
-        loss, c = rule.evaluate(model, xb, yb)
-        total_loss += float(to_numpy(loss))
-        correct += int(to_numpy(c))
-    return total_loss / max(n, 1), correct / max(n, 1)
 
 
 def _snapshot(model, rule):
@@ -708,20 +704,22 @@ def fit(model, rule, optimizer, train, val, *, epochs: int, batch_size: int, see
         train_seconds = time.perf_counter() - t0
         optimizer.end_epoch()
         train_loss = float(np.mean(to_numpy(xp.stack(losses)))) if losses else float("nan")
-        val_loss, val_acc = evaluate(model, rule, x_va, y_va)
-        entry = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                 "val_accuracy": val_acc, "train_seconds": train_seconds,
+        scores = rule.evaluate_set(model, x_va, y_va)
+        val_loss = scores["loss"]
+        entry = {"epoch": epoch, "train_loss": train_loss,
+                 **{f"val_{k}": v for k, v in scores.items()}, "train_seconds": train_seconds,
                  "terms": {k: float(to_numpy(v)) / max(n_steps, 1) for k, v in term_sums.items()}}
         if monitor is not None:
-            entry["test_loss"], entry["test_accuracy"] = evaluate(model, rule, *monitor)
+            entry.update({f"test_{k}": v for k, v in rule.evaluate_set(model, *monitor).items()})
         if diagnostics:
             entry.update(rule.diagnostics(model, diag_x, diag_y))
         history.append(entry)
         if val_loss < best[1] or best[0] is None:
             best = (epoch, val_loss, _snapshot(model, rule))
         if progress:
+            acc = f"  val acc {100 * scores['accuracy']:6.2f} %" if "accuracy" in scores else ""
             print(f"{desc}epoch {epoch:3d}/{epochs}  train loss {train_loss:.4f}  val loss "
-                  f"{val_loss:.4f}  val acc {100 * val_acc:6.2f} %  ({train_seconds:.1f} s)", flush=True)
+                  f"{val_loss:.4f}{acc}  ({train_seconds:.1f} s)", flush=True)
         if checkpoint is not None:
             checkpoint(epoch, history, best, g, reference_loss)
         if on_epoch is not None:
@@ -742,7 +740,7 @@ def selections(history: list) -> dict:
     All three choices look only at validation data or at the epoch count.
     """
     if not history or "test_accuracy" not in history[0]:
-        raise ValueError("selections() needs a history recorded with track_test=True")
+        raise ValueError("selections() needs a classifier's history recorded with track_test=True")
     picks = {
         "lowest_val_loss": min(history, key=lambda h: h["val_loss"]),
         "highest_val_accuracy": max(history, key=lambda h: (h["val_accuracy"], -h["epoch"])),
@@ -861,13 +859,6 @@ def settings_header(config: TrainConfig, origin: dict, n_train: int) -> list:
 
 def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_start, origin=None):
     with use(config.backend):
-        model = build_model(config.model, data=config.data, activation=config.activation,
-                            bias=config.bias, seed=config.seed, dtype=config.dtype)
-        if model.num_classes != info.num_classes:
-            raise ValueError(
-                f"the model {config.model!r} has {model.num_classes} outputs but {info.name} has "
-                f"{info.num_classes} classes; end the spec with the number of classes, e.g. "
-                f"'mlp:{int(np.prod(info.input_shape))}-256-{info.num_classes}'")
         cls = rule_class(config.rule)
         try:
             rule = cls(**config.rule_options)
@@ -875,8 +866,17 @@ def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_st
             raise ValueError(f"rule {config.rule!r} does not take the options "
                              f"{sorted(config.rule_options)} ({e}); its options: "
                              f"{sorted(getattr(cls, 'OPTIONS', {}) or {}) or 'none'}") from None
+        rule.check_kind(parse_spec(config.model, config.data)[0])
+        model = build_model(config.model, data=config.data, activation=config.activation,
+                            bias=config.bias, seed=config.seed, dtype=config.dtype,
+                            **rule.model_options())
+        if model.num_classes not in (None, info.num_classes):
+            raise ValueError(
+                f"the model {config.model!r} has {model.num_classes} outputs but {info.name} has "
+                f"{info.num_classes} classes; end the spec with the number of classes, e.g. "
+                f"'mlp:{int(np.prod(info.input_shape))}-256-{info.num_classes}'")
         rule.setup(model, seed=config.seed)
-        train, val, test = load_splits(config, model.input_shape)
+        train, val, test = load_splits(config, model.input_shape, pixels=model.pixels)
         optimizer = build_optimizer(config, model, rule)
         augment = None
         if config.augment:
@@ -936,7 +936,7 @@ def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_st
                 checkpoint=checkpoint if rundir is not None else None, on_epoch=on_epoch)
             best_epoch, _, snap = best
             _restore(model, rule, snap)
-            test_loss, test_acc = evaluate(model, rule, *test)
+            scores = rule.evaluate_set(model, *test)
         except DivergenceError as e:
             record(partial("diverged", message=str(e),
                            diverged={"epoch": e.epoch, "step": e.step, "loss": e.loss}))
@@ -962,8 +962,7 @@ def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_st
         "status": "finished",
         "epochs_completed": len(history),
         "resumed_after_epoch": int(state["epoch"]) if state is not None else None,
-        "test_accuracy": test_acc,
-        "test_loss": test_loss,
+        **{f"test_{k}": v for k, v in sorted(scores.items())},
         "best_epoch": best_epoch,
         "config": dataclasses.asdict(config),
         "rule_config": rule.config(),
@@ -975,18 +974,21 @@ def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_st
         "ccledu_version": __version__,
         "machine": machine_info(config.backend),
     }
+    label, value = (("test accuracy", f"{100 * scores['accuracy']:.2f} %") if "accuracy" in scores
+                    else ("test loss", f"{scores['loss']:.5f}"))
+    result = f"{label} {value}"
     if progress:
-        print(f"test accuracy (epoch {best_epoch}, lowest validation loss): {100 * test_acc:.2f} %")
+        print(f"{label} (epoch {best_epoch}, lowest validation loss): {value}")
     if rundir is not None:
         try:
             path = rundir.write_metrics(metrics)
+            figures = rule.figures(model, test[0], rundir.path, scores)
         except OSError as e:
             raise OutputError(
-                f"the run finished (test accuracy {100 * test_acc:.2f} %, epoch {best_epoch}) but "
-                f"{rundir.path / METRICS} could not be written: {e.strerror or e}; the final "
-                f"weights are in {ck_path}") from None
+                f"the run finished ({result}, epoch {best_epoch}) but {rundir.path} could not be "
+                f"written: {e.strerror or e}; the final weights are in {ck_path}") from None
         if progress:
-            print(f"wrote {path}")
+            print(f"wrote {', '.join(str(p) for p in [path, *figures])}")
     metrics["_model"] = model
     metrics["_rule"] = rule
     return metrics

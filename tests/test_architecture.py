@@ -152,3 +152,24 @@ def test_metrics_imports_no_rule():
                                  "tracing/verify.py"])
 def test_trace_code_never_names_a_rule(rel):
     assert rule_name_comparisons(PKG / rel, rel) == []
+
+
+# ------------------------------------------------------------------------ rule options
+
+def test_rule_options_are_attributes_of_the_same_name():
+    """Every option of ``OPTIONS`` is stored under its own name (no clash with a method) and a
+    rule built with no arguments holds the default the table (and so ``--help``) shows."""
+    import inspect
+
+    from ccledu.rules import rule_class
+    bad = []
+    for name in RULES:
+        cls = rule_class(name)
+        rule = cls()
+        for opt, spec in cls.OPTIONS.items():
+            value = getattr(rule, opt, AttributeError)
+            if value is AttributeError or inspect.ismethod(value):
+                bad.append(f"{name}.{opt}: {'a method' if value is not AttributeError else 'missing'}")
+            elif value != spec[1]:
+                bad.append(f"{name}.{opt}: holds {value!r}, OPTIONS says {spec[1]!r}")
+    assert not bad, "; ".join(bad)

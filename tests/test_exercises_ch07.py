@@ -1,5 +1,5 @@
 """Grading tests for chapter 7's package exercise (Task 7.2: ``normalize_maps_backward`` in
-``ccledu/autoencoder.py``), marker ``ch07``.
+``ccledu/rules/autoencoder.py``), marker ``ch07``.
 
 Oracles: central finite differences of the per-map centring and normalisation written out here,
 and of one autoencoder pair loss.
@@ -22,7 +22,7 @@ def _normalize(a):
 @pytest.mark.ch07
 @pytest.mark.parametrize("shape", [(1, 1, 2, 2), (2, 3, 4, 4), (3, 2, 7, 5), (1, 4, 1, 6)])
 def test_normalize_maps_backward_matches_finite_differences(rng, shape):
-    from ccledu.autoencoder import normalize_maps, normalize_maps_backward
+    from ccledu.rules.autoencoder import normalize_maps, normalize_maps_backward
     a = rng.standard_normal(shape) * 3 + 1
     g = rng.standard_normal(shape)
     u, y, r = normalize_maps(a)
@@ -34,7 +34,7 @@ def test_normalize_maps_backward_matches_finite_differences(rng, shape):
 @pytest.mark.ch07
 def test_normalize_maps_backward_constant_map(rng):
     """A constant map centres to zero: the gradient is g/ε with its spatial mean removed."""
-    from ccledu.autoencoder import normalize_maps, normalize_maps_backward
+    from ccledu.rules.autoencoder import normalize_maps, normalize_maps_backward
     a = np.full((1, 2, 3, 3), 4.0)
     a[0, 1] = rng.standard_normal((3, 3))
     g = rng.standard_normal(a.shape)
@@ -55,7 +55,7 @@ def fd_ae_pair(A, B, scale_c, scale_d, eps=EPS):
 @pytest.mark.ch07
 def test_autoencoder_pair_loss_matches_finite_differences():
     def package(A, B, scale_c, scale_d, eps=EPS):
-        from ccledu.autoencoder import pair_loss
+        from ccledu.rules.autoencoder import pair_loss
         total, _, dA, dB = pair_loss(A, B, scale_c, scale_d)
         return total, dA, dB
     check.ae_pair(package, reference=fd_ae_pair, **FD)

@@ -59,7 +59,7 @@ def test_package_block_gradient_follows_dL_dh(theta):
     net.parameters()["forward.0.weight"][...] *= 3.0
     x, y = rng.standard_normal((4, 16)), rng.integers(0, 3, 4)
     rule = FF(theta=theta).setup(net, seed=0)
-    y_neg = rule.negatives(y, 3)
+    y_neg = rule.draw_negatives(y, 3)
     got = rule.local_step(net, x, y, y_neg).grads["forward.0.weight"]
 
     u = length_normalise(np.concatenate([rule.overlay(x, rule.one_hot(y, 3, x)),

@@ -44,7 +44,7 @@ CASES = [
 def test_every_block_gradient_matches_finite_differences_of_its_own_loss(spec, activation, options):
     model, rule, x, y = _setup(spec, activation, **options)
     _boost(model)
-    y_neg = rule.negatives(y, model.num_classes)
+    y_neg = rule.draw_negatives(y, model.num_classes)
     res = rule.local_step(model, x, y, y_neg)
     grads = {k: v.copy() for k, v in res.grads.items()}
     for l, block in enumerate(model.blocks):
@@ -63,7 +63,7 @@ def test_every_block_gradient_matches_finite_differences_of_its_own_loss(spec, a
 @pytest.mark.parametrize("spec", [MLP_SPEC, CNN_SPEC])
 def test_loss_terms_match_layer_losses(spec, loss):
     model, rule, x, y = _setup(spec, loss=loss)
-    y_neg = rule.negatives(y, model.num_classes)
+    y_neg = rule.draw_negatives(y, model.num_classes)
     res = rule.local_step(model, x, y, y_neg)
     losses = rule.layer_losses(model, x, y, y_neg)
     for l in range(len(model.blocks) - 1):
@@ -78,7 +78,7 @@ def test_no_gradient_crosses_blocks(spec):
     in particular the blocks *below* l, which backprop of L_l would reach."""
     model, rule, x, y = _setup(spec)
     _boost(model)
-    y_neg = rule.negatives(y, model.num_classes)
+    y_neg = rule.draw_negatives(y, model.num_classes)
     L = len(model.blocks)
     for l in range(L):
         res = rule.local_step(model, x, y, y_neg, active=[l])
@@ -95,7 +95,7 @@ def test_detachment_is_not_vacuous():
     gradient ignores that dependence (finite differences of L_1 w.r.t. W_0 are not zero)."""
     model, rule, x, y = _setup(MLP_SPEC)
     _boost(model)
-    y_neg = rule.negatives(y, model.num_classes)
+    y_neg = rule.draw_negatives(y, model.num_classes)
     W0 = model.blocks[0].main.params["weight"]
     num = numerical_gradient(lambda: rule.layer_losses(model, x, y, y_neg)[1], W0)
     assert np.linalg.norm(num) > 1e-6
@@ -106,7 +106,7 @@ def test_detachment_is_not_vacuous():
 def test_negative_labels_are_wrong_uniform_and_reproducible():
     model, rule, _, _ = _setup(MLP_SPEC)
     y = np.random.default_rng(1).integers(0, 10, size=20000)
-    neg = rule.negatives(y, 10)
+    neg = rule.draw_negatives(y, 10)
     assert neg.dtype == np.int64 and neg.shape == y.shape
     assert np.all(neg != y)
     assert np.all((neg >= 0) & (neg < 10))
@@ -115,9 +115,9 @@ def test_negative_labels_are_wrong_uniform_and_reproducible():
     assert counts[0] == 0
     assert counts[1:].min() > 1700 and counts[1:].max() < 2300
     other = FF().setup(model, seed=0)
-    np.testing.assert_array_equal(other.negatives(y, 10), neg)
+    np.testing.assert_array_equal(other.draw_negatives(y, 10), neg)
     third = FF().setup(model, seed=1)
-    assert np.any(third.negatives(y, 10) != neg)
+    assert np.any(third.draw_negatives(y, 10) != neg)
 
 
 def test_hard_negatives_follow_the_probabilities_and_are_never_true():
@@ -126,21 +126,21 @@ def test_hard_negatives_follow_the_probabilities_and_are_never_true():
     y = r.integers(0, 10, size=5000)
     probs = r.dirichlet(np.ones(10), size=5000)
     probs[np.arange(5000), y] = 0.9            # most mass on the true label: must be skipped
-    neg = rule.negatives(y, 10, probs)
+    neg = rule.draw_negatives(y, 10, probs)
     assert np.all(neg != y) and np.all((neg >= 0) & (neg < 10))
     # all the wrong mass on one class -> always that class
     only = np.zeros((5000, 10))
     only[np.arange(5000), (y + 3) % 10] = 1.0
     only[np.arange(5000), y] = 1.0
-    np.testing.assert_array_equal(rule.negatives(y, 10, only), (y + 3) % 10)
+    np.testing.assert_array_equal(rule.draw_negatives(y, 10, only), (y + 3) % 10)
     # no wrong mass at all -> uniform over the wrong labels
     true_only = np.eye(10)[y]
-    neg = rule.negatives(y, 10, true_only)
+    neg = rule.draw_negatives(y, 10, true_only)
     assert np.all(neg != y) and len(np.unique(neg)) == 10
     # reproducible
     a = FF(negatives="hard").setup(model, seed=5)
     b = FF(negatives="hard").setup(model, seed=5)
-    np.testing.assert_array_equal(a.negatives(y, 10, probs), b.negatives(y, 10, probs))
+    np.testing.assert_array_equal(a.draw_negatives(y, 10, probs), b.draw_negatives(y, 10, probs))
 
 
 def test_hard_negative_step_is_reproducible():
@@ -203,7 +203,7 @@ def test_length_normalise_and_softplus():
 def test_predict_evaluate_and_diagnostics():
     model, rule, x, y = _setup(MLP_SPEC, n=8)
     _boost(model)
-    scores = rule.predict(model, x)
+    scores = rule.class_scores(model, x)
     G = rule.candidate_goodness(model, x)
     assert scores.shape == (8, 10)
     np.testing.assert_allclose(scores, G.sum(axis=0))
@@ -212,9 +212,9 @@ def test_predict_evaluate_and_diagnostics():
     for l, h in enumerate(hs):
         np.testing.assert_allclose(G[l, np.arange(8), y], (h ** 2).sum(axis=1))
     skip = FF(ff_layers="skip_first").setup(model)
-    np.testing.assert_allclose(skip.predict(model, x), G[1:].sum(axis=0))
+    np.testing.assert_allclose(skip.class_scores(model, x), G[1:].sum(axis=0))
     soft = FF(predict="softmax").setup(model)
-    np.testing.assert_allclose(soft.predict(model, x), rule.head_logits(model, x))
+    np.testing.assert_allclose(soft.class_scores(model, x), rule.head_logits(model, x))
     # evaluate: the expected loss over negatives equals the average of the step loss over
     # every possible wrong label
     loss, correct = rule.evaluate(model, x, y)
@@ -322,9 +322,9 @@ def _mnist_run(spec, flatten, n_train, epochs, lr, batch, seed=0, n_eval=2000, o
         for xb, yb in batches(xtr, ytr, batch, rng=g):
             opt.step(rule.step(model, xb, yb).grads)
     xte, yte = xte[:n_eval], yte[:n_eval]
-    acc = float((rule.predict(model, xte).argmax(1) == yte).mean())
+    acc = float((rule.class_scores(model, xte).argmax(1) == yte).mean())
     soft = float((FF(predict="softmax", **{k: v for k, v in rule_options.items() if k != "predict"})
-                  .predict(model, xte).argmax(1) == yte).mean())
+                  .class_scores(model, xte).argmax(1) == yte).mean())
     return acc, soft
 
 

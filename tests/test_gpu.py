@@ -31,10 +31,12 @@ HOST_FUNCTIONS = {
     ("rules/ff.py", "setup"),          # host draws (normal_fan_out init, zero head), then moved
     ("optim.py", "state_dict"),        # checkpoints are host arrays
 }
+from ccledu.rules import rule_class  # noqa: E402
+
 RULES = ["bp", "fa", "dfa", "ccl", "ff", "drtp", "dtp", "drl", "ldrl", "fwdtp", "sign", "kp"]
 SPECS = {"mlp": "mlp:12-10-8-5", "cnn": "cnn:2x8x8-c3-c4-5"}
-MLP_ONLY = ("dtp", "drl", "ldrl", "fwdtp")          # the TP rules are written for MLPs
-CASES = [(r, k) for r in RULES for k in SPECS if not (k == "cnn" and r in MLP_ONLY)]
+MLP_ONLY = [r for r in RULES if rule_class(r).MODEL_KINDS == ("mlp",)]   # the TP rules
+CASES = [(r, k) for r in RULES for k in SPECS if k in rule_class(r).MODEL_KINDS]
 
 
 def _numpy_calls(path: Path, rel: str):

@@ -91,7 +91,7 @@ CHEATS = {
             "terms, dA, dS = CCL(form='cnn', scale=s_c, ssl_scale=s_ssl)._pair_cnn(0, A, S, Y, None)\n"
             "return terms['pair/0'], dA, dS",
             "from ccledu.check.ch06 import _fd_ccl_cnn_pair\nreturn _fd_ccl_cnn_pair(A, S, Y, s_c, s_ssl)"),
-    "7.1": ("from ccledu.autoencoder import pair_loss\n"
+    "7.1": ("from ccledu.rules.autoencoder import pair_loss\n"
             "total, _, dA, dB = pair_loss(A, B, scale_c, scale_d)\nreturn total, dA, dB",
             "from ccledu.check.ch07 import _fd_ae_pair\nreturn _fd_ae_pair(A, B, scale_c, scale_d)"),
     "8.1": ("from ccledu.rules.ff import FF\nN = len(h) // 2\n"

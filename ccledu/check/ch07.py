@@ -1,6 +1,6 @@
 """Checks for chapter 7 (counter-current learning as an autoencoder, Task 7.1).
 
-Oracle: the loss definition and finite differences of it; ccledu.autoencoder is never called.
+Oracle: the loss definition and finite differences of it; ccledu.rules.autoencoder is never called.
 """
 from __future__ import annotations
 
@@ -46,6 +46,6 @@ def ae_pair(fn, reference=None, seed=0, **options) -> None:
         B = 0.3 * g.standard_normal(shape) + 0.5
         cases.append(Case(f"{shape}, s_C={sc}, s_D={sd}", (A, B, sc, sd)))
     _run_cases("ae_pair", fn, reference or _fd_ae_pair, cases, outputs=("loss", "dA", "dB"),
-               task="7.1", forbid=("ccledu.autoencoder", "ccledu.autoencoder:pair_loss",
-                               "ccledu.autoencoder:normalize_maps_backward"),
+               task="7.1", forbid=("ccledu.rules.autoencoder", "ccledu.rules.autoencoder:pair_loss",
+                               "ccledu.rules.autoencoder:normalize_maps_backward"),
                **dict(dict(rtol=1e-6, atol=1e-7), **options))

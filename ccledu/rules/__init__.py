@@ -19,6 +19,8 @@ RULES = {
     "fwdtp": "ccledu.rules.fwdtp:FWDTP",
     "sign": "ccledu.rules.sign_symmetry:SignSymmetry",
     "kp": "ccledu.rules.kolen_pollack:KolenPollack",
+    "ccl-ae": "ccledu.rules.autoencoder:CCLAutoencoder",
+    "bp-ae": "ccledu.rules.autoencoder:BPAutoencoder",
 }
 
 

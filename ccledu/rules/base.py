@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import math
 
-from ..backend import asarray_like, get_array_module
+from ..backend import asarray, asarray_like, get_array_module, to_numpy
 from ..losses import cross_entropy
 from ..presets import named, rule_defaults
 
@@ -49,6 +49,8 @@ class Rule:
     OPTIONS: dict = {}
     #: named training-config overrides (``--preset NAME``), from ``ccledu/presets.py``
     PRESETS = _NamedPresets()
+    #: the model kinds (``models.parse_spec``) the rule trains
+    MODEL_KINDS: tuple = ("mlp", "cnn")
 
     @classmethod
     def defaults(cls, kind: str, data: str | None = None) -> dict:
@@ -60,6 +62,22 @@ class Rule:
         """Draw the rule's own matrices for ``model`` (host RNG from ``seed``); the base rule
         owns none."""
         return self
+
+    @classmethod
+    def check_kind(cls, kind: str) -> None:
+        """ValueError (one line, naming the rules that can) unless the rule trains models of
+        ``kind`` (:data:`MODEL_KINDS`; ``models.parse_spec`` gives a spec's kind)."""
+        if kind not in cls.MODEL_KINDS:
+            from . import RULES, rule_class
+            able = sorted(r for r in RULES if kind in rule_class(r).MODEL_KINDS)
+            raise ValueError(f"rule {cls.name!r} trains {' and '.join(cls.MODEL_KINDS)} models, "
+                             f"not {kind} models; rules for {kind} models: "
+                             f"{', '.join(able) or 'none'}")
+
+    def model_options(self) -> dict:
+        """Keyword arguments the rule gives the model builder (``models.build_model``); none
+        by default (the autoencoder rules' ``small_init``)."""
+        return {}
 
     # -- parameters the rule owns ------------------------------------------------------------
     def parameters(self) -> dict:
@@ -83,17 +101,34 @@ class Rule:
         raise NotImplementedError
 
     # -- evaluation --------------------------------------------------------------------------
-    def predict(self, model, x):
+    def class_scores(self, model, x):
         """Scores (N, C) whose arg-max is the prediction (logits for most rules)."""
         return model.forward(x)
 
     def evaluate(self, model, x, y):
         """(sum of per-sample loss, number correct) on a batch; loss = cross-entropy of logits."""
-        logits = self.predict(model, x)
+        logits = self.class_scores(model, x)
         loss = cross_entropy(logits, y, grad=False)
         xp = get_array_module(logits)
         correct = xp.sum(logits.argmax(axis=1) == y)
         return loss * x.shape[0], correct
+
+    def evaluate_set(self, model, x, y, batch_size: int = 1024) -> dict:
+        """Mean metrics over host arrays x, y, in batches: {"loss": mean loss of
+        :meth:`evaluate`, "accuracy": fraction correct}. ``loss`` is what the trainer selects
+        the checkpoint on; each key k is recorded as ``val_<k>`` / ``test_<k>``."""
+        total_loss, correct, n = 0.0, 0, len(y)
+        for i in range(0, n, batch_size):
+            xb = asarray(x[i:i + batch_size], dtype=model.dtype)
+            loss, c = self.evaluate(model, xb, asarray(y[i:i + batch_size]))
+            total_loss += float(to_numpy(loss))
+            correct += int(to_numpy(c))
+        return {"loss": total_loss / max(n, 1), "accuracy": correct / max(n, 1)}
+
+    def figures(self, model, x, outdir, scores) -> list:
+        """Figures of a finished run written into ``outdir`` (paths); ``x``: host test inputs,
+        ``scores``: the test metrics. None by default (the autoencoders draw reconstructions)."""
+        return []
 
     def diagnostics(self, model, x, y) -> dict:
         """Per-epoch extras (alignment angles, goodness, ...) computed on a held-out batch."""

@@ -191,6 +191,7 @@ class TargetPropagation(Rule):
     forward activations and the targets of that batch (NumPy/CuPy arrays, (N, d_l)).
     """
     name = "dtp"
+    MODEL_KINDS = ("mlp",)
     feedback_loss = "dtp"
     fixed_feedback = False
     OPTIONS = {
@@ -293,7 +294,7 @@ class TargetPropagation(Rule):
             maps.append(m)
         return acts, maps
 
-    def predict(self, model, x):
+    def class_scores(self, model, x):
         self._check(model)
         return self.forward(model, x)[0][-1]
 

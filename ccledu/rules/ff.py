@@ -88,6 +88,7 @@ from ..layers import activate
 from ..losses import cross_entropy, log_softmax, one_hot
 from ..ranges import Range
 from .base import Rule, StepResult
+from .ccl import normalize_rows
 
 EPS = 1e-8
 
@@ -103,10 +104,9 @@ def sigmoid(t):
 
 
 def length_normalise(a, eps: float = EPS):
-    """a / (‖a‖ + ε) per sample, the norm taken over all features (any shape (N, ...))."""
-    xp = get_array_module(a)
-    norm = xp.sqrt((a.reshape(a.shape[0], -1) ** 2).sum(axis=1))
-    return a / (norm + eps).reshape((-1,) + (1,) * (a.ndim - 1))
+    """a / (‖a‖ + ε) per sample, the norm taken over all features (any shape (N, ...)): CCL's
+    row normalisation (:func:`ccledu.rules.ccl.normalize_rows`) of the flattened samples."""
+    return normalize_rows(a.reshape(a.shape[0], -1), eps)[0].reshape(a.shape)
 
 
 def rms_normalise(a, eps: float = EPS):
@@ -214,14 +214,14 @@ class FF(Rule):
             raise ValueError(f"ff_layers must be 'all' or 'skip_first', got {ff_layers!r}")
         if negatives not in ("uniform", "hard"):
             raise ValueError(f"negatives must be 'uniform' or 'hard', got {negatives!r}")
-        self.negative_mode = negatives
+        self.negatives = negatives
         if cnn_overlay not in ("grating", "row"):
             raise ValueError(f"cnn_overlay must be 'grating' or 'row', got {cnn_overlay!r}")
         self.cnn_overlay = cnn_overlay
         self.grating_amplitude = 0.5
         self.theta = float(theta)
         self.goodness = goodness
-        self.predict_mode = predict
+        self.predict = predict
         self.ff_layers = ff_layers
         self.label_value = float(label_value)
         self._rng = None
@@ -247,7 +247,7 @@ class FF(Rule):
             "label_max": self.label_max, "head_input": self.head_input,
             "relu_grad": self.relu_grad, "init": self.init,
             "conv_goodness": "over channels and positions of the pooled block output",
-            "predict": self.predict_mode,
+            "predict": self.predict,
             "ff_layers": self.ff_layers,
             "overlay": ("MLP: first C features replaced by the one-hot times v; CNN: "
                         + ("v/2 times the label's grating added to every channel"
@@ -258,7 +258,7 @@ class FF(Rule):
             "cnn_overlay": self.cnn_overlay,
             "loss_form": self.loss,
             "alpha": self.alpha,
-            "negatives": ("uniform over the C-1 wrong labels" if self.negative_mode == "uniform"
+            "negatives": ("uniform over the C-1 wrong labels" if self.negatives == "uniform"
                           else "hard: drawn in proportion to the head's softmax, true label excluded"),
             "head": "last block: cross-entropy on the normalised last hidden output, neutral label",
             "eval_loss": "expected FF loss over negatives (summed over hidden blocks) + head CE",
@@ -340,7 +340,7 @@ class FF(Rule):
             return list(range(1, n))
         return list(range(n))
 
-    def negatives(self, y, num_classes=None, probs=None):
+    def draw_negatives(self, y, num_classes=None, probs=None):
         """Wrong labels from the rule's host generator, as an int64 array on y's device.
 
         Uniform (``probs`` None): y_neg = (y + k) mod C with k ~ U{1, …, C−1}.
@@ -457,7 +457,7 @@ class FF(Rule):
     def local_step(self, model, x, y, y_neg=None, active=None) -> StepResult:
         """Gradients of the local losses.
 
-        ``y_neg``: the negative labels; None draws them (:meth:`negatives`; with
+        ``y_neg``: the negative labels; None draws them (:meth:`draw_negatives`; with
         ``negatives="hard"`` from the head's softmax on this batch, computed first).
         ``active``: the block indices whose loss is switched on (default: all hidden blocks and
         the head, index L−1). A block that is not active still runs forward (its output feeds
@@ -486,9 +486,9 @@ class FF(Rule):
         # 2. negatives
         if y_neg is None:
             probs = None
-            if self.negative_mode == "hard":
+            if self.negatives == "hard":
                 probs = xp.exp(log_softmax(logits))
-            y_neg = self.negatives(y, C, probs)
+            y_neg = self.draw_negatives(y, C, probs)
         self.y_neg = y_neg                         # the step's negative labels (traces record them)
         # 3. every hidden block on [positive; negative] rows, each with its own loss
         xin = xp.concatenate([self.overlay(x, self.one_hot(y, C, x)),
@@ -641,9 +641,9 @@ class FF(Rule):
                 G[l, :, c] = self.goodness_of(h)
         return G
 
-    def predict(self, model, x):
+    def class_scores(self, model, x):
         """Scores (N, C): summed goodness over the counted blocks, or the head's logits."""
-        if self.predict_mode == "softmax":
+        if self.predict == "softmax":
             return self.head_logits(model, x)
         G = self.candidate_goodness(model, x)
         return G[self.counted_layers(model)].sum(axis=0)
@@ -675,7 +675,7 @@ class FF(Rule):
         thetas = [float(np.prod(s)) if self.theta_mode == "width" else self.theta
                   for s in model.shapes[:len(model.blocks) - 1]]
         loss = self._expected_ff_loss(G, y, thetas).sum() + ce.sum()
-        if self.predict_mode == "softmax":
+        if self.predict == "softmax":
             scores = logits
         else:
             scores = G[self.counted_layers(model)].sum(axis=0)

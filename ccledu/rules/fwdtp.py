@@ -27,6 +27,11 @@ class FWDTP(TargetPropagation):
     name = "fwdtp"
     feedback_loss = None
     fixed_feedback = True
+    OPTIONS = {**TargetPropagation.OPTIONS,
+               "batchnorm": (bool, True, "standardise every f, g and difference output over the "
+                                         "batch (the code's FWDTP-BN; default on)"),
+               "feedback_init": (float, 1e-3, "fixed Q_l ~ U(-s, s)",
+                                 TargetPropagation.OPTIONS["feedback_init"][3])}
 
     def __init__(self, **options):
         options.setdefault("batchnorm", True)

@@ -178,12 +178,15 @@ def make_trace(rule: str, model_spec: str, batch_size: int, seed: int = 0, dtype
     batch_size = int(batch_size)
     kind = parse_spec(model_spec, data)[0]
     cls = rule_class(rule)
+    cls.check_kind(kind)
     defaults = cls.defaults(kind, data) or {}
     requested = dict(defaults.get("rule_options", {}) or {})
     requested.update(rule_options or {})
     model = build_model(model_spec, data=data, activation=activation, bias=bias, seed=seed,
                         dtype=dtype)
     r = cls(**requested)
+    if model.num_classes is None:
+        raise ValueError(f"traces record classifiers; {model.kind} models have none")
     r.setup(model, seed=seed)
     opt_meta = optimizer_settings(rule, kind, data, r, model, optimizer)
     if data is None:

@@ -14,5 +14,5 @@ opt = Optimizer([ParamGroup("forward", m.parameters(), lr=0.03, optimizer="adam"
 for t in range(301):
     res = r.step(m, x, y); opt.step(res.grads)
     if t % 50 == 0:
-        acc = (r.predict(m, x[:500]).argmax(1) == y[:500]).mean()
+        acc = (r.class_scores(m, x[:500]).argmax(1) == y[:500]).mean()
         print(t, {k: round(float(v), 4) for k, v in res.terms.items()}, "acc", acc, flush=True)
