@@ -45,7 +45,14 @@ TRAIN_FIELDS = [
     ("--limit-train", "limit_train", int, "use only the first N (shuffled) training examples"),
     ("--limit-test", "limit_test", int, "use only the first N test examples"),
     ("--data-root", "data_root", str, "directory holding <dataset>/ folders (default: $CCLEDU_DATA, then the embedded data/)"),
-    ("--preset", "preset", str, "named configuration of the rule (e.g. ff: cpu, paper)"),
+    ("--preset", "preset", str, "named configuration of the rule: ff cpu, cnn, paper; the public "
+                                "implementations' loewex, mpezeshki (ff), biotorch (fa, dfa), "
+                                "public (ccl); ccl-ae / bp-ae paper (docs/validating.md)"),
+    ("--warmup-mode", "warmup_mode", str, "global: warm-up factor (t+1)/warmup over all steps t "
+                                          "(default); epoch: the batch index within the epoch, as "
+                                          "the public CCL scripts count it"),
+    ("--val-fraction", "val_fraction", float, "share of the training set held out for "
+                                              "validation (default 0.1)"),
     ("--out", "out", str, "folder for metrics.json and checkpoint.npz (checked and locked before "
                           "training; an earlier metrics.json is moved to metrics.previous.json)"),
 ]
@@ -215,11 +222,26 @@ def cmd_trace(args) -> int:
 
     from .tracing.record import OPT_FIELDS, write_trace
 
-    opts = collect_rule_options(args, args.rule)
-    optimizer = {k: getattr(args, k) for k in ("lr",) + OPT_FIELDS if getattr(args, k, None) is not None}
-    meta = write_trace(args.out, args.rule, args.model, args.batch_size, seed=args.seed,
-                       dtype=args.dtype, activation=args.activation, data=args.data,
-                       rule_options=opts, optimizer=optimizer, bias=bool(args.bias))
+    from .presets import named
+
+    preset = {}
+    if args.preset:                      # a named preset: its model, options and optimiser
+        presets = named(args.rule)
+        if args.preset not in presets:
+            raise ValueError(f"rule {args.rule!r} has no preset {args.preset!r}; available: "
+                             f"{', '.join(sorted(presets)) or 'none'}")
+        preset = presets[args.preset]
+    model = args.model or preset.get("model")
+    if model is None:
+        raise ValueError("--model is needed (e.g. --model mlp:784-32-10), unless --preset names one")
+    opts = {**preset.get("rule_options", {}), **collect_rule_options(args, args.rule)}
+    optimizer = {k: preset[k] for k in OPT_FIELDS if k in preset}
+    optimizer.update({k: getattr(args, k) for k in ("lr",) + OPT_FIELDS
+                      if getattr(args, k, None) is not None})
+    meta = write_trace(args.out, args.rule, model, args.batch_size, seed=args.seed,
+                       dtype=args.dtype, activation=args.activation or preset.get("activation", "elu"),
+                       data=args.data, rule_options=opts, optimizer=optimizer,
+                       bias=bool(args.bias or preset.get("bias", False)))
     with np.load(args.out, allow_pickle=False) as z:
         n = len(z.files) - 1
     print(f"wrote {args.out}: rule {meta['rule']}, {len(meta['layers'])} blocks, batch "
@@ -249,9 +271,12 @@ def _add_trace(sub) -> None:
                                    "gradients, parameters after the update) to an .npz trace file "
                                    "(format: docs/trace-format.md).")
     p.add_argument("--rule", required=True, choices=sorted(RULES), help="learning rule")
-    p.add_argument("--model", required=True,
+    p.add_argument("--model", default=None,
                    help="a preset (mlp-mnist, cnn-cifar10, ...) or a spec: mlp:20-16-12-10, "
-                        "cnn:3x8x8-c4-c6-10")
+                        "cnn:3x8x8-c4-c6-10 (needed unless --preset names a model)")
+    p.add_argument("--preset", default=None,
+                   help="a named preset of the rule (as for ccledu train, e.g. ff loewex): its "
+                        "model, activation, bias, rule options and optimiser settings; flags win")
     from .train import RANGES, Range
 
     nonneg = Range(float, 0)
@@ -263,8 +288,8 @@ def _add_trace(sub) -> None:
                    help="seed of weights, rule matrices, batch, an integer >= 0 (default 0)")
     p.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     p.add_argument("--out", required=True, help="file to write (.npz)")
-    p.add_argument("--activation", default="elu", help="hidden activation (default elu)")
-    p.add_argument("--bias", action="store_true", help="give every layer a bias (default off)")
+    p.add_argument("--activation", default=None, help="hidden activation (default elu, or the preset's)")
+    p.add_argument("--bias", action="store_true", help="give every layer a bias (default off, or the preset's)")
     p.add_argument("--data", default=None,
                    help="take the first N training examples of this dataset (mnist, fashion-mnist, "
                         "cifar10, cifar100) instead of random normal inputs")

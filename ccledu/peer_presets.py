@@ -17,15 +17,15 @@ preset         rules                  peer
 =============  =====================  ===============================================================
 
 Values are :class:`ccledu.train.TrainConfig` field names plus ``rule_options``, in the form of
-``ccledu.presets.NAMED`` (rule -> {preset name: settings}); :func:`named_for` gives that form,
-:func:`apply` fills a TrainConfig from one entry (the caller's explicit settings win, as with
-``--preset``). Until ``--preset`` reads this table, ``python -m ccledu.peer_presets`` trains
-or traces with a preset (``--help``). This module imports nothing of ccledu at import time.
+``ccledu.presets.NAMED`` (rule -> {preset name: settings}); :func:`named_for` gives that form and
+``ccledu.presets.named`` adds these presets to each rule's own, so ``ccledu train --rule ff
+--preset loewex`` and ``ccledu trace --rule ff --preset loewex ...`` use them (the caller's
+explicit settings win). ``python -m ccledu.peer_presets show NAME`` prints what an entry
+reproduces. This module imports nothing of ccledu.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 
 #: (preset, rule) -> {"settings", "peer", "reproduces", "differs"}
@@ -202,31 +202,6 @@ def named_for(rule: str) -> dict:
     return {n: settings(n, r) for (n, r) in PEERS if r == rule}
 
 
-def apply(name: str, config):
-    """``config`` (a :class:`ccledu.train.TrainConfig`) with the preset's settings filled in
-    where ``config`` leaves a field None (a plain ``model='mlp'``/``'cnn'`` is replaced by the
-    preset's model; ``val_fraction`` is set when it is the default 0.1); the preset's rule
-    options under the caller's. ``config.rule`` picks the entry."""
-    from .train import TrainConfig
-
-    s = settings(name, config.rule)
-    opts = dict(s.pop("rule_options", {}))
-    opts.update(config.rule_options or {})
-    changes = {"rule_options": opts}
-    default_val = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "val_fraction")
-    for k, v in s.items():
-        current = getattr(config, k)
-        if k == "model":
-            if current in ("mlp", "cnn"):
-                changes[k] = v
-        elif k == "val_fraction":
-            if current == default_val:
-                changes[k] = v
-        elif current is None:
-            changes[k] = v
-    return dataclasses.replace(config, **changes)
-
-
 def describe(name: str, rule: str) -> str:
     """A few lines: the peer's files, each setting and what it reproduces, what differs."""
     e = lookup(name, rule)
@@ -239,59 +214,20 @@ def describe(name: str, rule: str) -> str:
 
 
 def main(argv=None) -> int:
+    """``python -m ccledu.peer_presets show NAME [--rule RULE]``: what a preset reproduces."""
     p = argparse.ArgumentParser(
         prog="python -m ccledu.peer_presets",
-        description="Train, trace or describe with a public implementation's preset.")
-    p.add_argument("action", choices=("train", "trace", "show"))
+        description="Describe a public implementation's preset (train or trace with it: "
+                    "ccledu train|trace --rule RULE --preset NAME).")
+    p.add_argument("action", choices=("show",))
     p.add_argument("preset", choices=names())
     p.add_argument("--rule", default=None, help="rule of the preset (default: its first)")
-    p.add_argument("--model", default=None, help="model spec (default: the preset's / 'mlp')")
-    p.add_argument("--data", default="mnist")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--limit-train", type=int, default=None)
-    p.add_argument("--limit-test", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--dtype", default=None, help="float32 (train default) | float64 (trace default)")
-    p.add_argument("--out", default=None, help="train: run folder; trace: the .npz to write")
-    p.add_argument("--track-test", action="store_true",
-                   help="train: record the test accuracy after every epoch (the curve)")
     a = p.parse_args(argv)
-    rule = a.rule or rules_of(a.preset)[0]
     try:
-        e = lookup(a.preset, rule)
+        print(describe(a.preset, a.rule or rules_of(a.preset)[0]))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if a.action == "show":
-        print(describe(a.preset, rule))
-        return 0
-    if a.action == "trace":
-        from .tracing.record import OPT_FIELDS, write_trace
-        if not a.out:
-            print("error: trace needs --out FILE.npz", file=sys.stderr)
-            return 2
-        s = e["settings"]
-        model = a.model or s.get("model") or "mlp:784-32-32-10"
-        try:
-            meta = write_trace(a.out, rule, model, a.batch_size or 8, seed=a.seed,
-                               dtype=a.dtype or "float64", activation=s.get("activation", "elu"),
-                               data=a.data, rule_options=dict(s.get("rule_options", {})),
-                               bias=bool(s.get("bias", False)),
-                               optimizer={k: s[k] for k in OPT_FIELDS if k in s})
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        print(f"wrote {a.out} ({meta['rule']}, {meta['model']}, batch {meta['batch_size']}); "
-              f"check it with: ccledu verify {a.out}")
-        return 0
-    from .train import TrainConfig, run
-    cfg = TrainConfig(rule=rule, model=a.model or "mlp", data=a.data, seed=a.seed,
-                      epochs=a.epochs, batch_size=a.batch_size, limit_train=a.limit_train,
-                      limit_test=a.limit_test, dtype=a.dtype or "float32", out=a.out,
-                      track_test=True if a.track_test else None)
-    metrics = run(apply(a.preset, cfg))
-    print(f"test accuracy {metrics.get('test_accuracy')}")
     return 0
 
 

@@ -9,11 +9,13 @@ tuning run made here). Values are :class:`ccledu.train.TrainConfig` field names,
 Resolution (``train.resolve``; lowest priority first): :data:`PROJECT` (the project defaults),
 then the first :data:`TABLE` entry matching (rule, kind, dataset), then a named preset of
 :data:`NAMED` (``--preset``), then what the user set. :func:`resolve_sources` says, for every
-setting, which of the four gave its value. This module imports nothing of ccledu.
+setting, which of the four gave its value. This module imports only ``peer_presets`` (a table) of ccledu.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from .peer_presets import named_for as peer_named
 
 #: project defaults: the public CCL MLP configuration (batch 256, SGD lr 1, momentum 0, no
 #: weight decay, global-norm clip 1 per group, no warm-up, no cosine schedule, 100 epochs)
@@ -212,8 +214,9 @@ def rule_defaults(rule: str, kind: str, data=None) -> dict:
 
 
 def named(rule: str) -> dict:
-    """{preset name: settings} of ``rule`` (:data:`NAMED`)."""
-    return {k: _copy(v) for k, v in NAMED.get(rule, {}).items()}
+    """{preset name: settings} of ``rule``: :data:`NAMED` and the public implementations'
+    presets (``ccledu/peer_presets.py``: loewex, mpezeshki, biotorch, public)."""
+    return {k: _copy(v) for k, v in {**NAMED.get(rule, {}), **peer_named(rule)}.items()}
 
 
 def resolve_sources(rule: str, kind: str, data, preset, explicit: dict) -> dict:
@@ -221,7 +224,7 @@ def resolve_sources(rule: str, kind: str, data, preset, explicit: dict) -> dict:
     of the table entry>)" or "project defaults"; ``explicit`` holds the settings the user set
     (not None). Rule options are reported as ``rule_options.<name>``."""
     e = entry(rule, kind, data)
-    chosen = NAMED.get(rule, {}).get(preset, {}) if preset else {}
+    chosen = named(rule).get(preset, {}) if preset else {}
     out = {k: "project defaults" for k in PROJECT}
     for k in (e.settings if e else {}):
         if k != "rule_options":

@@ -412,10 +412,10 @@ def execute(config: dict, out: str, threads: int = 1, keep_checkpoint: bool = Fa
                 metrics = {"status": "diverged", "message": str(e), "config": config,
                            "machine": machine_info(config.get("backend", "numpy"))}
                 (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1,
-                                                                 default=T._json_default))
+                                                                 default=T.json_default))
     if run_status(metrics) == "finished" and not keep_checkpoint and ckpt.is_file():
         ckpt.unlink()
-    return json.loads(json.dumps(metrics, default=T._json_default))
+    return json.loads(json.dumps(metrics, default=T.json_default))
 
 
 def _init_worker(threads: int):

@@ -123,7 +123,8 @@ class TrainConfig:
 
 
 def resolve(config: TrainConfig) -> TrainConfig:
-    """Fill every ``None`` field from the rule's presets/defaults and the project's defaults."""
+    """Fill every ``None`` field from the rule's presets/defaults and the project's defaults
+    (module docstring); a named preset also replaces a field left at its TrainConfig default."""
     from .data import lookup
 
     cls = rule_class(config.rule)
@@ -137,7 +138,8 @@ def resolve(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"rule {config.rule!r} has no preset {config.preset!r}; "
                          f"available: {sorted(presets) or 'none'}")
     preset = dict(presets.get(config.preset, {})) if config.preset else {}
-    explicit = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    explicit = {name: getattr(config, name) for name in fields}
     rule_options = dict(merged.pop("rule_options", {}) or {})
     rule_options.update(preset.pop("rule_options", {}) or {})
     rule_options.update(config.rule_options or {})
@@ -148,6 +150,12 @@ def resolve(config: TrainConfig) -> TrainConfig:
     for f in dataclasses.fields(config):
         v = explicit[f.name]
         out[f.name] = v if v is not None else merged.get(f.name)
+    # a preset also sets a field the caller left at its (non-None) TrainConfig default, such
+    # as val_fraction 0.1 (loewex: 1/6)
+    for k, v in preset.items():
+        f = fields.get(k)
+        if k != "model" and f is not None and f.default is not None and explicit[k] == f.default:
+            out[k] = v
     if "model" in preset and config.model in PLAIN:
         out["model"] = preset["model"]
     elif "model" in rule_defaults and config.model == kind:
@@ -1001,8 +1009,6 @@ def json_default(o):
         return o.tolist()
     return str(o)
 
-
-_json_default = json_default      # the older name (ccledu/sweep.py uses it)
 
 
 def quick_mode() -> bool:

@@ -17,19 +17,21 @@ PKG = Path(__file__).resolve().parents[1] / "ccledu"
 #: modules whose functions run on the training device
 KERNEL_MODULES = ["im2col.py", "layers.py", "losses.py", "models.py", "optim.py",
                   "rules/base.py", "rules/bp.py", "rules/fa.py", "rules/dfa.py", "rules/ccl.py",
-                  "rules/ff.py"]
+                  "rules/ff.py", "rules/autoencoder.py"]
 #: numpy names that are fine in kernels: host RNG, dtypes, shape arithmetic, isinstance checks
 ALLOWED = {"random", "dtype", "prod", "floating", "integer", "ndarray", "float32", "float64",
            "int64", "pi", "generic", "int32",
            "errstate"}                     # silences NumPy warnings; no effect on CuPy arrays
 #: functions that run on the host by design (documented in their docstrings)
 HOST_FUNCTIONS = {
-    ("rules/ff.py", "negatives"),      # negative labels drawn on the host from the seed
+    ("rules/ff.py", "draw_negatives"),  # negative labels drawn on the host from the seed
     ("rules/ff.py", "gratings"),       # a constant label pattern, built once and cached
     ("rules/ff.py", "diagnostics"),    # per-epoch host summaries
     ("rules/ff.py", "__init__"),       # option checks on Python floats
     ("rules/ff.py", "setup"),          # host draws (normal_fan_out init, zero head), then moved
     ("optim.py", "state_dict"),        # checkpoints are host arrays
+    ("rules/autoencoder.py", "evaluate_set"),          # sums read back in float64
+    ("rules/autoencoder.py", "save_reconstructions"),  # a figure of host images
 }
 from ccledu.rules import rule_class  # noqa: E402
 

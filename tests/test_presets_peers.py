@@ -486,7 +486,7 @@ def test_public_warmup_torch():
 
 def test_public_preset_trains_with_epoch_warmup():
     from ccledu.train import TrainConfig, build_optimizer, resolve
-    cfg = resolve(peer_presets.apply("public", TrainConfig(rule="ccl", model="mlp:784-16-10")))
+    cfg = resolve(TrainConfig(rule="ccl", model="mlp:784-16-10", preset="public"))
     assert cfg.warmup_mode == "epoch"
     model = build_model(cfg.model, activation=cfg.activation, seed=0)
     rule = get_rule("ccl").setup(model, seed=0)
@@ -500,20 +500,23 @@ def test_public_preset_trains_with_epoch_warmup():
 # The table, and traces of every preset
 # ------------------------------------------------------------------------------------------------
 
-def test_table_and_apply():
-    from ccledu.train import TrainConfig
+def test_table_and_preset_flag():
+    from ccledu.train import TrainConfig, resolve, sources
     assert peer_presets.names() == ["biotorch", "loewex", "mpezeshki", "public"]
     assert peer_presets.rules_of("biotorch") == ["dfa", "fa"]
     for (name, rule), e in peer_presets.PEERS.items():
         assert e["peer"] and e["reproduces"], (name, rule)
         get_rule(rule, **e["settings"].get("rule_options", {}))    # valid options
-    cfg = peer_presets.apply("loewex", TrainConfig(rule="ff", lr_forward=0.5,
-                                                   rule_options={"peer_norm": 0.0}))
+    given = TrainConfig(rule="ff", lr_forward=0.5, preset="loewex",
+                        rule_options={"peer_norm": 0.0})
+    cfg = resolve(given)
     assert cfg.model == "mlp:784-1000-1000-1000-10" and cfg.lr_forward == 0.5  # the caller's wins
     assert cfg.rule_options["peer_norm"] == 0.0 and cfg.rule_options["norm"] == "rms"
-    assert cfg.val_fraction == pytest.approx(1 / 6)
-    with pytest.raises(ValueError, match="for rule"):
-        peer_presets.apply("loewex", TrainConfig(rule="ccl"))
+    assert cfg.val_fraction == pytest.approx(1 / 6) and cfg.weight_decay_forward == 3e-4
+    assert sources(given)["weight_decay_forward"] == "preset loewex"
+    assert sources(given)["lr_forward"] == "user"
+    with pytest.raises(ValueError, match="has no preset 'loewex'"):
+        resolve(TrainConfig(rule="ccl", preset="loewex"))
     with pytest.raises(ValueError, match="no peer preset"):
         peer_presets.lookup("nope", "ff")
     assert set(peer_presets.named_for("ff")) == {"loewex", "mpezeshki"}
@@ -565,10 +568,26 @@ def test_trace_records_and_verify_recomputes(tmp_path, name, rule, spec):
 
 
 def test_command_line(tmp_path, capsys):
+    from ccledu import cli
     out = tmp_path / "m.npz"
-    assert peer_presets.main(["trace", "mpezeshki", "--model", "mlp:784-8-8-10", "--out", str(out)]) == 0
-    assert "ccledu verify" in capsys.readouterr().out
+    assert cli.main(["trace", "--rule", "ff", "--preset", "mpezeshki", "--model", "mlp:784-8-8-10",
+                     "--out", str(out), "--data", "mnist"]) == 0
+    assert "wrote" in capsys.readouterr().out
     assert all(r.ok for r in verify_trace(out))
+    import json
+    meta = json.loads(str(np.load(out)["meta"]))
+    assert meta["loss"]["norm_eps"] == 1e-4 and meta["loss"]["label_max"] == "batch"
+    assert cli.main(["trace", "--rule", "fa", "--preset", "mpezeshki", "--model", "mlp:8-4",
+                     "--out", str(out)]) == 2
+    assert "has no preset 'mpezeshki'" in capsys.readouterr().err
+    run = tmp_path / "run"           # train: the preset's settings, the caller's flags on top
+    assert cli.main(["train", "--rule", "ff", "--preset", "mpezeshki", "--model",
+                     "mlp:784-16-16-10", "--epochs", "1", "--limit-train", "200",
+                     "--limit-test", "100", "--batch-size", "100", "--out", str(run),
+                     "--quiet"]) == 0
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["config"]["preset"] == "mpezeshki" and saved["config"]["rule_options"]["norm_eps"] == 1e-4
+    capsys.readouterr()
     assert peer_presets.main(["show", "loewex"]) == 0
     text = capsys.readouterr().out
     assert "src/ff_model.py" in text and "differs:" in text
