@@ -35,8 +35,9 @@ HOST_FUNCTIONS = {
 }
 from ccledu.rules import rule_class  # noqa: E402
 
-RULES = ["bp", "fa", "dfa", "ccl", "ff", "drtp", "dtp", "drl", "ldrl", "fwdtp", "sign", "kp"]
-SPECS = {"mlp": "mlp:12-10-8-5", "cnn": "cnn:2x8x8-c3-c4-5"}
+RULES = ["bp", "fa", "dfa", "ccl", "ff", "drtp", "dtp", "drl", "ldrl", "fwdtp", "sign", "kp",
+         "ccl-ae", "bp-ae"]
+SPECS = {"mlp": "mlp:12-10-8-5", "cnn": "cnn:2x8x8-c3-c4-5", "autoencoder": "autoencoder:2-3"}
 MLP_ONLY = [r for r in RULES if rule_class(r).MODEL_KINDS == ("mlp",)]   # the TP rules
 CASES = [(r, k) for r in RULES for k in SPECS if k in rule_class(r).MODEL_KINDS]
 
@@ -72,16 +73,22 @@ def test_scanner_catches_a_numpy_call(tmp_path):
     assert _numpy_calls(f, "k.py") == ["k.py:3 np.exp in kernel()"]
 
 
+def _model_and_batch(rule, kind, xp, dtype, rng):
+    """(model, rule, x, y) on the current back-end; an autoencoder (MNIST-shaped) has no labels."""
+    r = get_rule(rule)
+    model = build_model(SPECS[kind], data="mnist", seed=1, dtype=dtype, **r.model_options())
+    r.setup(model, seed=1)
+    x = xp.asarray(rng.standard_normal((6,) + model.input_shape), dtype=dtype)
+    y = None if model.num_classes is None else xp.asarray(rng.integers(0, model.num_classes, 6))
+    return model, r, x, y
+
+
 def _step_on(backend, rule, kind, dtype):
     rng = np.random.default_rng(0)
     with use(backend) as xp:
-        model = build_model(SPECS[kind], seed=1, dtype=dtype)
-        r = get_rule(rule)
-        r.setup(model, seed=1)
+        model, r, x, y = _model_and_batch(rule, kind, xp, dtype, rng)
         opt = Optimizer([ParamGroup(n, p, lr=0.1, momentum=0.9, clip=1.0)
                          for n, p in r.param_groups(model).items()])
-        x = xp.asarray(rng.standard_normal((6,) + model.input_shape), dtype=dtype)
-        y = xp.asarray(rng.integers(0, model.num_classes, 6))
         res = r.step(model, x, y)
         grads = {k: to_numpy(v) for k, v in res.grads.items()}
         opt.step(res.grads)
@@ -129,12 +136,8 @@ def test_training_step_makes_no_hidden_transfers(rule, kind, monkeypatch):
     monkeypatch.setattr(cp, "asnumpy", counting("asnumpy", cp.asnumpy))
     rng = np.random.default_rng(0)
     with use("cupy"):
-        model = build_model(SPECS[kind], seed=1)
-        r = get_rule(rule)
-        r.setup(model, seed=1)
+        model, r, x, y = _model_and_batch(rule, kind, cp, "float32", rng)
         opt = Optimizer([ParamGroup(n, p, lr=0.1, clip=1.0) for n, p in r.param_groups(model).items()])
-        x = cp.asarray(rng.standard_normal((6,) + model.input_shape), dtype=cp.float32)
-        y = cp.asarray(rng.integers(0, model.num_classes, 6))
         r.step(model, x, y)  # warm-up (kernel compilation may read back)
         counts["n"] = 0
         for _ in range(3):
