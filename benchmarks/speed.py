@@ -4,11 +4,13 @@
     python benchmarks/speed.py --device cuda       # GPU: ccledu+CuPy vs PyTorch CUDA
     python benchmarks/speed.py --quick             # fewer repetitions (smoke test)
 
-For every rule x {MLP, CNN} it times full training steps (forward, credit assignment, clipping,
+For every rule x {MLP, CNN} (every registered rule that trains mlp or cnn models; MLP-only
+rules skip the CNN configs) it times full training steps (forward, credit assignment, clipping,
 SGD update) on a fixed batch, reports samples/s, the ratio PyTorch-time / ccledu-time (> 1 means
 ccledu is faster), and the fraction of the machine's matrix-multiply peak the step reaches
 (FLOPs of the step's matrix products / time / peak, peak = best GFLOP/s of a large float32
-matmul). It also times how the step cost grows as width, depth and batch size double.
+matmul; the FLOPs are counted from one real step by ``ccledu.flops``). Rules whose step costs
+more than 4 BP steps (the target-propagation family) are timed with a quarter of the repetitions. It also times how the step cost grows as width, depth and batch size double.
 Results go to ``benchmarks/results/speed_<device>.json`` and ``.md`` with plots.
 """
 from __future__ import annotations
@@ -32,9 +34,11 @@ from ccledu.backend import asarray, get_array_module, use  # noqa: E402
 from ccledu.backend import machine_info as backend_machine_info  # noqa: E402
 from ccledu.models import build_model  # noqa: E402
 from ccledu.optim import Optimizer, ParamGroup  # noqa: E402
-from ccledu.rules import get_rule  # noqa: E402
+from ccledu.models import parse_spec  # noqa: E402
+from ccledu.rules import RULES as REGISTRY, get_rule, rule_class  # noqa: E402
 
-RULES = ["bp", "fa", "dfa", "ccl", "ff"]
+#: every registered rule that trains MLPs or CNNs (the autoencoder rules train neither)
+RULES = [r for r in REGISTRY if {"mlp", "cnn"} & set(rule_class(r).MODEL_KINDS)]
 #: training images per epoch of the dataset each config stands for (90 % of the official training
 #: set, the trainer's default split): an epoch's time is estimated as ceil(n / batch) steps
 EPOCH_IMAGES = {"mlp": ("MNIST", 54000), "cnn": ("MNIST", 54000), "cnn-paper": ("CIFAR-10", 45000)}
@@ -192,8 +196,11 @@ def matmul_peak(device: str, n: int = 2048) -> dict:
     return out
 
 
-def step_flops(model, rule: str, N: int) -> float:
-    """FLOPs of the matrix products in one training step (the dominant cost).
+def hand_flops(model, rule: str, N: int):
+    """FLOPs of the matrix products in one training step by hand formula (bp, fa, dfa, ccl, ff;
+    None for the other rules). :func:`step_flops` counts them instead; the two differ where the
+    formula leaves products out: CCL's feedback network on the C one-hots and its gradients
+    (and, for a CNN, the Â Âᵀ / Ŝ Ŝᵀ similarity products), FF's label grating on a CNN input.
 
     F = forward products of the forward net (2·N·in·out per linear, 2·N·OH·OW·C·k²·F per conv).
     bp/fa: forward + dW + dx (no dx for the first block) ≈ 3F − dx₀.
@@ -224,7 +231,18 @@ def step_flops(model, rule: str, N: int) -> float:
         # hidden blocks: the neutral pass (N rows) and [positive; negative] (2N rows) forward,
         # the 2N rows' weight gradients; the head: forward and weight gradient on N rows
         return 5 * sum(per_block[:-1]) + 2 * per_block[-1]
-    raise ValueError(rule)
+    return None
+
+
+def step_flops(rule: str, spec: str, N: int, act: str) -> float:
+    """FLOPs of the matrix products in one training step of ``rule`` at its default options on
+    ``spec`` with batch ``N``, counted by ``ccledu.flops.count_step`` from a real float64 step
+    (2·m·k·n per product; the optimiser's update is not a product and is not counted)."""
+    from ccledu.flops import count_step
+
+    defaults = {k: v[1] for k, v in rule_class(rule).OPTIONS.items()}   # = get_rule(rule)
+    return count_step(rule, model=spec, batch_size=N, activation=act,
+                      rule_options=defaults)["matmul"] * N
 
 
 def ccledu_step(rule: str, spec: str, N: int, act: str, device: str, seed: int = 0):
@@ -265,7 +283,8 @@ def torch_step(rule: str, spec: str, N: int, act: str, device: str, seed: int = 
         shape, chans, C = args
         x = torch.randn((N,) + tuple(shape), generator=g)
         y = torch.randint(0, C, (N,), generator=g)
-        step = make_step(rule, "cnn", x.to(dev), y.to(dev), channels=list(chans), act=act, seed=seed)
+        step = make_step(rule, "cnn", x.to(dev), y.to(dev), channels=list(chans), act=act, seed=seed,
+                         classes=C)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     return step, sync
 
@@ -274,9 +293,17 @@ def run_grid(device: str, configs, rules, reps: int, peak: float, log) -> list:
     rows = []
     for cname in configs:
         spec, N, act = CONFIGS[cname]
+        kind = parse_spec(spec)[0]
         for rule in rules:
+            if kind not in rule_class(rule).MODEL_KINDS:
+                log(f"{cname:9s} {rule:5s}  skipped: the rule trains {'/'.join(rule_class(rule).MODEL_KINDS)} models")
+                continue
             step, sync, model = ccledu_step(rule, spec, N, act, device)
+            flops = step_flops(rule, spec, N, act)
+            hand = hand_flops(model, rule, N)
             r = max(4, reps // (4 if cname == "cnn-paper" else 1))
+            if flops > 4 * hand_flops(model, "bp", N):
+                r = max(4, r // 4)                  # a TP step costs 5-11 BP steps
             try:
                 tstep, tsync = torch_step(rule, spec, N, act, device)
             except ImportError:
@@ -289,7 +316,8 @@ def run_grid(device: str, configs, rules, reps: int, peak: float, log) -> list:
             row = {"config": cname, "spec": spec, "batch": N, "rule": rule,
                    "ccledu_ms": 1e3 * t_ours, "ccledu_ms_median": 1e3 * med_ours,
                    "ccledu_samples_per_s": N / t_ours,
-                   "gflop_per_step": step_flops(model, rule, N) / 1e9, "reps": r}
+                   "gflop_per_step": flops / 1e9, "flops": "counted (ccledu.flops)",
+                   "hand_gflop_per_step": None if hand is None else hand / 1e9, "reps": r}
             row["fraction_of_peak"] = row["gflop_per_step"] / t_ours / peak
             if t_torch is None:
                 row["torch_ms"] = None
@@ -298,7 +326,7 @@ def run_grid(device: str, configs, rules, reps: int, peak: float, log) -> list:
                 row["torch_samples_per_s"] = N / t_torch
                 row["ratio_torch_over_ccledu"] = t_torch / t_ours
             rows.append(row)
-            log(f"{cname:9s} {rule:4s}  ccledu {row['ccledu_ms']:8.2f} ms"
+            log(f"{cname:9s} {rule:5s}  ccledu {row['ccledu_ms']:8.2f} ms"
                 + (f"  torch {row['torch_ms']:8.2f} ms  ratio {row['ratio_torch_over_ccledu']:.2f}"
                    if row.get("torch_ms") else "")
                 + f"  {100 * row['fraction_of_peak']:.0f}% of peak")
@@ -330,7 +358,9 @@ def plot(results: dict, path_prefix: Path):
 
     rows = results["grid"]
     configs = sorted({r["config"] for r in rows}, key=list(CONFIGS).index)
-    fig, axes = plt.subplots(1, len(configs), figsize=(4.5 * len(configs), 3.6), squeeze=False)
+    widths = [max(4.5, 0.5 * sum(r["config"] == c for r in rows) + 1.5) for c in configs]
+    fig, axes = plt.subplots(1, len(configs), figsize=(sum(widths), 3.6), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
     for ax, cname in zip(axes[0], configs):
         sub = [r for r in rows if r["config"] == cname]
         xs = np.arange(len(sub))
@@ -381,16 +411,33 @@ def report(results: dict, path: Path, command: str):
                   "shared the machine).", ""]
     lines += ["Matrix-multiply peak (2048² float32): "
              + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in results["peak"].items()), "",
-             "| config | rule | batch | ccledu ms/step | PyTorch ms/step | ratio (PyTorch/ccledu) | ccledu samples/s | GFLOP/step | % of peak | ccledu s/epoch | PyTorch s/epoch |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             ]
+    counted = any("flops" in r for r in results["grid"])     # files written before: hand formulas
+    flop_cols = "GFLOP/step (counted) | GFLOP/step (hand formula)" if counted else "GFLOP/step"
+    lines += [f"| config | rule | batch | ccledu ms/step | PyTorch ms/step | ratio (PyTorch/ccledu) | ccledu samples/s | {flop_cols} | % of peak | ccledu s/epoch | PyTorch s/epoch |",
+              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if counted else "")]
     for r in results["grid"]:
         tm = f"{r['torch_ms']:.2f}" if r.get("torch_ms") else "—"
         ratio = f"{r['ratio_torch_over_ccledu']:.2f}" if r.get("torch_ms") else "—"
         steps = math.ceil(EPOCH_IMAGES[r["config"]][1] / r["batch"])
         ep_torch = f"{steps * r['torch_ms'] / 1e3:.1f}" if r.get("torch_ms") else "—"
+        flop = f"{r['gflop_per_step']:.3f}"
+        if counted:
+            hand = r.get("hand_gflop_per_step")
+            flop += " | " + ("—" if hand is None else f"{hand:.3f}")
         lines.append(f"| {r['config']} | {r['rule']} | {r['batch']} | {r['ccledu_ms']:.2f} | {tm} | {ratio} | "
-                     f"{r['ccledu_samples_per_s']:.0f} | {r['gflop_per_step']:.3f} | {100 * r['fraction_of_peak']:.0f} | "
+                     f"{r['ccledu_samples_per_s']:.0f} | {flop} | {100 * r['fraction_of_peak']:.0f} | "
                      f"{steps * r['ccledu_ms'] / 1e3:.1f} | {ep_torch} |")
+    if counted:
+        lines += ["", "GFLOP/step (counted) is the matrix-product count of one real step of the rule at "
+                  "its default options (`ccledu.flops.count_step`, 2·m·k·n per product); % of peak uses "
+                  "it. The hand formula (`hand_flops`, the five original rules only) leaves out CCL's "
+                  "feedback network on the C one-hots and its gradients (and on a CNN the Â Âᵀ / Ŝ Ŝᵀ "
+                  "similarity products) and FF's label grating on a CNN input; elsewhere the two agree. "
+                  "Every rule runs the config's activation; rules whose counted step exceeds 4 BP steps "
+                  "(the target-propagation family) are timed with a quarter of the repetitions, at "
+                  "least 4 (`reps` in the JSON file). The PyTorch peers of the rules after ff are checked "
+                  "against ccledu's step in float64 by tests/test_torch_peers.py."]
     lines += ["", "A ratio above 1 means ccledu's step is faster than PyTorch's. Each row times the two "
               "steps in alternating blocks (ccledu ×k, PyTorch ×k, ... over 8 rounds, each block after "
               "a 0.3 s pause and one untimed step), so a slow spell of the machine affects both; ms/step "
