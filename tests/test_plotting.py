@@ -104,3 +104,90 @@ def test_grouped_bars_mark_zero_and_check_lengths(fig_ax):
     assert len(out) == 2 and [t.get_text() for t in ax.texts] == ["0", "0"]
     with pytest.raises(ValueError, match="2 heights for 3 groups"):
         P.grouped_bars(ax, ["a", "b", "c"], {"x": [1, 2]})
+
+
+def test_nan_bar_label_stays_at_the_foot_of_a_log_axis(fig_ax):
+    fig, ax = fig_ax
+    P.bars(ax, ["BP", "FA"], [2e4, float("nan")])
+    ax.set_yscale("log")
+    (label,) = ax.texts
+    assert label.get_text() == "n/a" and label.get_transform() == ax.get_xaxis_transform()
+    assert ax.get_ylim()[0] > 1e3      # the label did not stretch the log axis down to 1e-18
+
+
+def test_image_grid_shares_one_scale_and_one_colorbar():
+    fig, axes = plt.subplots(2, 3)
+    imgs = [np.full((3, 3), v) for v in (-0.5, 0.1, 2.0, 0.3)]
+    shown, cb = P.image_grid(axes, imgs, cbar_label="weight")
+    assert len(shown) == 4 and cb.ax.get_ylabel() == "weight"
+    assert {im.get_clim() for im in shown} == {(-2.0, 2.0)}      # symmetric about 0, shared
+    assert len(fig.axes) == 7 and not any(a.axison for a in axes.ravel())
+    shown, _ = P.image_grid(axes[0], imgs[:2], symmetric=False)
+    assert shown[0].get_clim() == (-0.5, 0.1)
+    with pytest.raises(ValueError, match="5 images for 3 axes"):
+        P.image_grid(axes[0], imgs + imgs[:1])
+    with pytest.raises(ValueError, match="2-D"):
+        P.image_grid(axes[0], [np.zeros(3)])
+    plt.close(fig)
+
+
+def test_heatmap_square_cells():
+    fig, ax = plt.subplots()
+    P.heatmap(ax, np.eye(4), aspect="equal", cbar=False)
+    assert ax.get_aspect() == 1.0 and len(fig.axes) == 1
+    plt.close(fig)
+
+
+def _bad_figure():
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(6, 3))
+    a1.plot([1, 2, 3], [3, 2, 1], label="train CE")
+    a1.set_xlabel("epoch")                                  # 1.5, 2.5 ticks; no y label
+    twin = a1.twinx()
+    twin.plot([1, 2, 3], [50, 70, 80], label="accuracy")
+    twin.set_ylabel("accuracy (%)")
+    a1.legend()                                             # leaves the twin's line out
+    a2.plot([0, 1], [0, 1])
+    a2.set_ylabel("a y label long enough to leave the figure " * 3)
+    a2.set_title("a title that runs into its neighbour " * 2)
+    a1.set_title("loss")
+    return fig
+
+
+def test_layout_faults_name_each_fault():
+    fig = _bad_figure()
+    faults = P.layout_faults(fig)
+    text = "\n".join(faults)
+    assert "axes 0 has no y label" in text
+    assert "axes 1 has no x label" in text
+    assert "axes 0: epoch ticks at non-whole epochs" in text
+    assert "labelled lines not in any legend: ['accuracy']" in text
+    assert "axes 1 y label is clipped" in text
+    assert "axes 1 title overlaps axes 0 title" in text or "axes 0 title overlaps axes 1 title" in text
+    plt.close(fig)
+
+
+def test_layout_faults_pass_a_figure_made_with_the_helpers():
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=P.size(2))
+    a1.plot([1, 2, 3], [3, 2, 1], label="train CE")
+    P.epoch_axis(a1); P.labels(a1, y="cross-entropy", title="loss")
+    twin = a1.twinx()
+    twin.plot([1, 2, 3], [50, 70, 80], "C2", label="accuracy")
+    twin.set_ylabel("accuracy (%)")
+    P.legend(a1, twin)
+    P.heatmap(a2, np.eye(3), ["a_1", "a_2", "logits"], ["a_1", "a_2", "logits"])
+    P.finish(fig)
+    assert P.layout_faults(fig) == []
+    plt.close(fig)
+
+
+def test_tick_label_collisions_straight_and_rotated():
+    names = [f"grad/forward.{i}.weight" for i in range(25)]
+    for rotation, collide in ((0, True), (75, False)):
+        fig, ax = plt.subplots(figsize=(11, 4.6))
+        ax.plot(range(25), range(25), "o")
+        ax.set_xticks(range(25), names, rotation=rotation, fontsize=7)
+        P.labels(ax, "tensor", "value")
+        P.finish(fig)
+        hits = [f for f in P.layout_faults(fig) if "tick label" in f and "overlaps" in f]
+        assert bool(hits) == collide, (rotation, hits[:2])
+        plt.close(fig)
