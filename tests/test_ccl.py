@@ -90,7 +90,7 @@ def reference_loss(model, rule, y, a_in, s_in, mask):
     for l in range(L):
         A = A_all[l].reshape(n, -1) * mask[:, None]
         S = sigs[l].reshape(C, -1)
-        if rule.loss_form == "mlp":
+        if rule.form == "mlp":
             total += rule.scale * np.mean((A @ S.T - Y) ** 2) * 256 / A.shape[1]
         else:
             An = A / (np.linalg.norm(A, axis=1, keepdims=True) + 1e-8)
@@ -158,7 +158,7 @@ def test_each_term_reaches_only_its_weights(spec):
     L = len(model.blocks)
     full = _copy_grads(rule.step(model, x, y))
     leaves = [t for t in rule.term_names(L)
-              if rule.loss_form == "mlp" or t == "ce" or t.count("/") == 2]
+              if rule.form == "mlp" or t == "ce" or t.count("/") == 2]
     summed = {k: np.zeros_like(v) for k, v in full.items()}
     for term in rule.term_names(L):
         g = _copy_grads(rule.step(model, x, y, only=[term]))
@@ -189,7 +189,7 @@ def test_terms_add_up_to_the_loss():
         total = float(res.terms["ce"]) + sum(float(res.terms[f"pair/{l}"]) for l in range(L))
         assert math.isclose(total, float(res.loss), rel_tol=1e-14)
         assert set(res.terms) == set(rule.term_names(L))
-        if rule.loss_form == "cnn":
+        if rule.form == "cnn":
             for l in range(L):
                 parts = sum(float(res.terms[f"pair/{l}/{k}"]) for k in ("cross", "ssl_a", "ssl_s"))
                 assert math.isclose(parts, float(res.terms[f"pair/{l}"]), rel_tol=1e-14)
@@ -228,7 +228,7 @@ def test_full_flooding_silences_every_hidden_forward_weight(spec):
     assert np.linalg.norm(res.grads[f"forward.{L - 1}.weight"]) > 0
     for l in range(L):
         norm = np.linalg.norm(res.grads[f"feedback.{l}.weight"])
-        assert norm > 0 if rule.loss_form == "cnn" else norm == 0
+        assert norm > 0 if rule.form == "cnn" else norm == 0
 
 
 def test_flooding_changes_the_loss_only_through_the_masked_rows():
@@ -331,7 +331,7 @@ def _torch_reference(model, rule, x, y, flood):
     for l in range(L):
         A = (acts[l] * mask.view((-1,) + (1,) * (acts[l].dim() - 1))).reshape(len(y), -1)
         S = sigs[l].reshape(C, -1)
-        if rule.loss_form == "mlp":
+        if rule.form == "mlp":
             loss = loss + F.mse_loss(A @ S.T, Y) / A.shape[1] * rule.scale * 256
         else:
             An = A / (torch.norm(A, dim=1, keepdim=True) + 1e-8)

@@ -17,7 +17,7 @@ The forward net has 2D conv layers l = 1..2D, all 3×3 with padding 1:
 
 with a_0 = x, ∗₂ a stride-2 convolution, up(·) a nearest-neighbour ×2 upsample and sg(·) the
 stop-gradient. Layer l's output has c_{min(l, 2D-l)} channels at resolution H/2^{min(l, 2D-l)}
-(H must be divisible by 2^D; the trainer pads the images when it is not).
+(H must be divisible by 2^D; the model spec `autoencoder:...` pads the images when it is not).
 
 The feedback net has one layer V_l per forward layer, mapping layer l's output space back to its
 input space, and runs from the target t = x (the image itself) down to the input side:

@@ -194,8 +194,8 @@ class CCL(Rule):
             raise ValueError(f"flood must be in [0, 1] or None, got {flood}")
         if feedback_activation is not None:
             check_activation(feedback_activation)
-        self.form = form                # the option; the form in use is ``loss_form``
-        self.loss_form = None if form == "auto" else form
+        self.form = form                # 'auto' until setup resolves it from the model's kind
+        self._requested_form = form
         self.scale = None if scale is None else float(scale)
         self.ssl_scale = float(ssl_scale)
         self.flood = float(flood) if flood else None          # 0 means off, as in the public code
@@ -209,12 +209,12 @@ class CCL(Rule):
         """Build the feedback net for ``model``: one block per forward block, weights drawn like
         PyTorch's defaults (U(±1/√fan_in)) from ``default_rng([seed, 0xCC1])``, l = 0 first."""
         super().setup(model, seed)
-        self.loss_form = model.kind if self.form == "auto" else self.form
-        if self.loss_form not in ("mlp", "cnn"):
+        self.form = model.kind if self._requested_form == "auto" else self._requested_form
+        if self.form not in ("mlp", "cnn"):
             raise ValueError(f"cannot pick a loss form for a model of kind {model.kind!r}; "
                              f"pass form='mlp' or form='cnn'")
         if self.scale is None:
-            self.scale = DEFAULT_SCALE[self.loss_form]
+            self.scale = DEFAULT_SCALE[self.form]
         self.feedback_activation = self.feedback_activation or model.activation
         g = seed if isinstance(seed, np.random.Generator) else make_rng([int(seed), 0xCC1])
         in_shapes = [model.input_shape] + list(model.shapes[:-1])
@@ -306,7 +306,7 @@ class CCL(Rule):
         names = ["ce"]
         for l in range(num_blocks):
             names.append(f"pair/{l}")
-            if self.loss_form == "cnn":
+            if self.form == "cnn":
                 names += [f"pair/{l}/cross", f"pair/{l}/ssl_a", f"pair/{l}/ssl_s"]
         return names
 
@@ -347,7 +347,7 @@ class CCL(Rule):
 
         # layer pairs: pair l reaches W_l (block l−1) through a_l and V_{l+1} (feedback l) through s_l
         terms, total = {"ce": ce}, ce
-        pair = self._pair_cnn if self.loss_form == "cnn" else self._pair_mlp
+        pair = self._pair_cnn if self.form == "cnn" else self._pair_mlp
         for l in range(L):
             A = acts[l].reshape(N, -1)
             S = signals[l].reshape(C, -1)
@@ -407,6 +407,6 @@ class CCL(Rule):
     def config(self) -> dict:
         """Every setting of the objective (resolved after :meth:`setup`); keys are constructor
         arguments, so ``CCL(**{k: v for k, v in cfg.items() if k != 'rule'})`` rebuilds the rule."""
-        return {"rule": self.name, "form": self.loss_form or self.form, "scale": self.scale,
+        return {"rule": self.name, "form": self.form, "scale": self.scale,
                 "ssl_scale": self.ssl_scale, "flood": self.flood,
                 "feedback_activation": self.feedback_activation}
