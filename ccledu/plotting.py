@@ -90,8 +90,11 @@ def colorbar(mappable, ax, label: str | None = None, **kwargs):
     first = ax[0] if isinstance(ax, (list, tuple)) else (np.ravel(ax)[0]
                                                            if isinstance(ax, np.ndarray) else ax)
     fig = first.figure
-    if fig.get_layout_engine() is None:
-        fig.set_layout_engine("constrained")
+    root = fig
+    while not hasattr(root, "set_layout_engine"):      # a SubFigure: its root figure lays it out
+        root = root.figure
+    if root.get_layout_engine() is None:
+        root.set_layout_engine("constrained")
     ax_arg = list(np.ravel(ax)) if isinstance(ax, (list, tuple, np.ndarray)) else ax
     cb = fig.colorbar(mappable, ax=ax_arg, **kwargs)
     if label:

@@ -131,6 +131,19 @@ def test_image_grid_shares_one_scale_and_one_colorbar():
     plt.close(fig)
 
 
+def test_image_grid_in_a_subfigure_beside_curves():
+    fig = plt.figure(figsize=(10, 3))
+    left, right = fig.subfigures(1, 2)
+    ax = left.subplots()
+    ax.plot([1, 2], [1, 2], label="loss")
+    P.epoch_axis(ax); P.labels(ax, y="loss"); P.legend(ax)
+    _, cb = P.image_grid(right.subplots(2, 2), [np.eye(3)] * 4, cbar_label="weight")
+    P.finish(fig)
+    assert fig.get_layout_engine() is not None and cb.ax.get_ylabel() == "weight"
+    assert P.layout_faults(fig) == []
+    plt.close(fig)
+
+
 def test_heatmap_square_cells():
     fig, ax = plt.subplots()
     P.heatmap(ax, np.eye(4), aspect="equal", cbar=False)
