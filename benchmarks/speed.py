@@ -146,7 +146,11 @@ def time_fn(fn, reps: int, warmup: int = 2, sync=lambda: None) -> tuple:
     return min(times), statistics.median(times)
 
 
-def time_pair(fn_a, fn_b, reps: int, sync_a=lambda: None, sync_b=lambda: None, rounds: int = 8,
+#: alternating rounds of :func:`time_pair`: each side makes ROUNDS · ceil(reps / ROUNDS) timed calls
+ROUNDS = 8
+
+
+def time_pair(fn_a, fn_b, reps: int, sync_a=lambda: None, sync_b=lambda: None, rounds: int = ROUNDS,
               pause: float = 0.3):
     """((best, median) of ``fn_a``, (best, median) of ``fn_b``), seconds per call, timed in
     alternating blocks (a×k, b×k, a×k, ... for ``rounds`` rounds, k = ceil(reps/rounds)) so that
@@ -317,7 +321,8 @@ def run_grid(device: str, configs, rules, reps: int, peak: float, log) -> list:
                    "ccledu_ms": 1e3 * t_ours, "ccledu_ms_median": 1e3 * med_ours,
                    "ccledu_samples_per_s": N / t_ours,
                    "gflop_per_step": flops / 1e9, "flops": "counted (ccledu.flops)",
-                   "hand_gflop_per_step": None if hand is None else hand / 1e9, "reps": r}
+                   "hand_gflop_per_step": None if hand is None else hand / 1e9, "reps": r,
+                   "timed_calls": r if tstep is None else ROUNDS * -(-r // ROUNDS)}
             row["fraction_of_peak"] = row["gflop_per_step"] / t_ours / peak
             if t_torch is None:
                 row["torch_ms"] = None
@@ -435,8 +440,9 @@ def report(results: dict, path: Path, command: str):
                   "feedback network on the C one-hots and its gradients (and on a CNN the Â Âᵀ / Ŝ Ŝᵀ "
                   "similarity products) and FF's label grating on a CNN input; elsewhere the two agree. "
                   "Every rule runs the config's activation; rules whose counted step exceeds 4 BP steps "
-                  "(the target-propagation family) are timed with a quarter of the repetitions, at "
-                  "least 4 (`reps` in the JSON file). The PyTorch peers of the rules after ff are checked "
+                  "(the target-propagation family) get a quarter of the repetitions, at least 4 "
+                  "(`reps` in the JSON file; with PyTorch each side makes 8 · ceil(reps / 8) timed "
+                  "calls, `timed_calls`). The PyTorch peers of the rules after ff are checked "
                   "against ccledu's step in float64 by tests/test_torch_peers.py."]
     lines += ["", "A ratio above 1 means ccledu's step is faster than PyTorch's. Each row times the two "
               "steps in alternating blocks (ccledu ×k, PyTorch ×k, ... over 8 rounds, each block after "
