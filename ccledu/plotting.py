@@ -196,8 +196,8 @@ def bars(ax, x, heights, *, width: float = 0.8, zero_marker: bool = True, **kwar
         top = np.nanmax(np.abs(heights)) if np.isfinite(heights).any() else 1.0
         for xi, h in zip(x, heights):
             if np.isnan(h):           # at the foot of the axes (also on a log scale)
-                ax.text(xi, 0.02, "n/a", ha="center", va="bottom", fontsize=7,
-                        transform=ax.get_xaxis_transform())
+                ax.text(xi, 0.02, "n/a", ha="center", va="bottom", fontsize=7, rotation=90,
+                        transform=ax.get_xaxis_transform())     # upright: fits a narrow bar
             elif h == 0:
                 ax.plot([xi - width / 2, xi + width / 2], [0, 0], color=color, lw=3,
                         solid_capstyle="butt")
@@ -248,6 +248,8 @@ def _texts(fig):
                 for tick, val in zip(axis.get_ticklabels(), axis.get_ticklocs()):
                     if tick.get_text() and tick.get_visible() and lo <= val <= hi:
                         out.append((f"{name} {which} tick label {tick.get_text()!r}", tick))
+        out += [(f"{name} annotation {t.get_text()!r} #{i}", t)
+                for i, t in enumerate(ax.texts) if t.get_visible() and t.get_text()]
         leg = ax.get_legend()
         if leg is not None:
             out += [(f"{name} legend entry {t.get_text()!r}", t) for t in leg.get_texts()]
@@ -275,7 +277,7 @@ def layout_faults(fig) -> list[str]:
 
     Checks, after drawing the figure: every text lies inside the figure (nothing clipped);
     titles, axis labels and the suptitle do not overlap one another, nor do the tick labels of
-    one axis; an axes that plots lines has both axis labels (its own or, for a twin, its
+    one axis, nor the annotations (``ax.text``) of one axes; an axes that plots lines has both axis labels (its own or, for a twin, its
     partner's x label); a per-epoch x axis (its label starts with "epoch") has ticks at whole
     numbers only; every labelled line of an axes and of its twins is in a legend. (Jupyter's inline back-end
     saves figures with ``bbox_inches="tight"``, which hides a clipped label in a notebook but
@@ -291,13 +293,20 @@ def layout_faults(fig) -> list[str]:
         boxes[name] = bb
         if bb.x0 < -1 or bb.y0 < -1 or bb.x1 > W + 1 or bb.y1 > H + 1:
             faults.append(f"{name} is clipped by the figure's edge")
-    big = [(n, b) for n, b in boxes.items() if "tick label" not in n and "legend" not in n]
+    big = [(n, b) for n, b in boxes.items() if "tick label" not in n and "legend" not in n
+           and "annotation" not in n]
     for i, (n1, b1) in enumerate(big):
         for n2, b2 in big[i + 1:]:
             if b1.overlaps(b2):
                 faults.append(f"{n1} overlaps {n2}")
     text_of = dict(texts)
     for k, ax in enumerate(fig.axes):
+        notes = [(n, b) for n, b in boxes.items() if n.startswith(f"axes {k} annotation")]
+        for i, (n1, b1) in enumerate(notes):
+            for n2, b2 in notes[i + 1:]:
+                if b1.overlaps(b2):
+                    faults.append(f"{n1.rsplit(' #', 1)[0]} overlaps "
+                                  f"{n2.split(' annotation ')[1].rsplit(' #', 1)[0]}")
         for which in ("x", "y"):
             ticks = [(n, b) for n, b in boxes.items()
                      if n.startswith(f"axes {k} {which} tick label")]

@@ -115,6 +115,19 @@ def test_nan_bar_label_stays_at_the_foot_of_a_log_axis(fig_ax):
     assert ax.get_ylim()[0] > 1e3      # the label did not stretch the log axis down to 1e-18
 
 
+def test_crowded_annotations_are_found():
+    fig, ax = plt.subplots(figsize=(3, 2))
+    ax.plot([0, 1], [0, 1]); P.labels(ax, "x", "y")
+    ax.text(0.5, 0.5, "n/a n/a"); ax.text(0.52, 0.5, "n/a n/a")
+    assert any("annotation 'n/a n/a' overlaps 'n/a n/a'" in f for f in P.layout_faults(fig))
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=P.size(1))
+    P.grouped_bars(ax, ["bp", "fa"], {f"s{i}": [1.0, float("nan")] for i in range(6)})
+    P.labels(ax, "rule", "samples / s"); P.legend(ax); P.finish(fig)
+    assert P.layout_faults(fig) == []              # six n/a labels side by side, upright
+    plt.close(fig)
+
+
 def test_image_grid_shares_one_scale_and_one_colorbar():
     fig, axes = plt.subplots(2, 3)
     imgs = [np.full((3, 3), v) for v in (-0.5, 0.1, 2.0, 0.3)]
