@@ -256,7 +256,8 @@ def cmd_report(args):
     lines += ["## Where and how", "",
               "s/epoch is the wall time of one epoch's training steps (`train_seconds`), on a "
               "machine that may have been shared with other jobs; clean step timings are in "
-              "`benchmarks/results/speed_cpu.md`. 'not run: no official files here' rows need the "
+              "`benchmarks/results/speed_cpu_*.md` (one per CPU kind). 'not run: no official "
+              "files here' rows need the "
               "dataset's archives (no machine here reaches the CIFAR host); with "
               "`$CCLEDU_DATA/cifar10/cifar-10-python.tar.gz` (and `cifar100/cifar-100-python.tar.gz`) "
               "present, the same `run` commands train them.", "",
