@@ -328,7 +328,8 @@ def layout_faults(fig) -> list[str]:
             faults.append(f"axes {k} has no y label")
         if ax.xaxis.get_visible() and any(a.get_xlabel().startswith("epoch") for a in twins):
             lo, hi = sorted(ax.get_xlim())
-            bad = [t for t in ax.get_xticks() if lo <= t <= hi and not float(t).is_integer()]
+            bad = [round(float(t), 3) for t in ax.get_xticks()
+                   if lo <= t <= hi and not float(t).is_integer()]
             if bad:
                 faults.append(f"axes {k}: epoch ticks at non-whole epochs {bad[:3]}")
     for bounds, twins in groups.items():

@@ -185,7 +185,7 @@ def test_layout_faults_name_each_fault():
     text = "\n".join(faults)
     assert "axes 0 has no y label" in text
     assert "axes 1 has no x label" in text
-    assert "axes 0: epoch ticks at non-whole epochs" in text
+    assert "axes 0: epoch ticks at non-whole epochs [1.5, 2.5]" in text     # plain, rounded numbers
     assert "labelled lines not in any legend: ['accuracy']" in text
     assert "axes 1 y label is clipped" in text
     assert "axes 1 title overlaps axes 0 title" in text or "axes 0 title overlaps axes 1 title" in text
