@@ -183,7 +183,7 @@ def instrument(prof: Profiler):
         prof.wrap_everywhere(ccl_mod, fn, "rule")
     for fn in ("length_normalise",):
         prof.wrap_everywhere(ff_mod, fn, "rule")
-    for meth in ("goodness_of", "overlay", "pair_loss", "negatives"):
+    for meth in ("goodness_of", "overlay", "pair_loss", "draw_negatives", "normalise"):
         prof.wrap(ff_mod.FF, meth, "rule")
     prof.wrap(optim.Optimizer, "step", "optimizer")
 

@@ -27,26 +27,29 @@ Kernels:
     broadcast loop on an AVX2 EPYC, where the array was several times faster. Same values
     either way (NaN and signed zeros included, tested).
 
-``tiles(kernel, *arrays)``
-    Cache blocking of the memory-bound tap loops (max-pool forward and backward, im2col,
-    col2im). The loop
-    ``for views in tiles(...)`` runs its body either once on the whole arrays (default) or on
-    blocks of about ``BLOCK_BYTES`` of the first array, split along the batch and channel axes
-    (``blocks``): every k×k window lies in one block, so the results are bit-for-bit the same.
-    A tap loop reads each strided tap of its input in turn; when the input is larger than the
-    core's L2 cache every tap pass streams it from memory again, and blocks keep it in cache
-    (measured on an AVX-512 Xeon, cold caches: max-pool of a 12 MB input, forward 5.9 -> 3.1 ms,
-    backward 13.3 -> 8.5 ms; im2col / col2im of a 20 MB padded input, 3×3 kernel, 28.6 -> 23.2
-    and 42.9 -> 31.9 ms). The choice is made per kernel and input size (rounded to a power
-    of two) from the loop's own first calls: after one warm-up call, ``TRIALS`` calls of each
-    candidate, alternating, then the faster by best CPU time of the thread (``blocks`` must win
-    by ``TILE_MARGIN``). Small inputs (at most
-    two blocks) always run whole.
+``run_tiles(kernel, body, *arrays)``
+    The memory-bound tap loops (max-pool forward and backward, im2col, col2im) are written as a
+    small function ``body`` of the arrays they read and write; the helper runs it once on the
+    whole arrays (default) or on pieces split along the batch and channel axes: blocks of
+    about ``BLOCK_BYTES`` of the first array in turn (``blocks``), one piece per core at the
+    same time (``threads``), or one piece per core, block by block (``threads+blocks``). Every
+    k×k window lies in one piece, so the results are bit-for-bit the same. A tap loop reads each
+    strided tap of its input in turn; when the input is larger than the core's L2 cache every
+    tap pass streams it from memory again, and blocks keep it in cache (measured on an AVX-512
+    Xeon, cold caches: max-pool of a 12 MB input, forward 5.9 -> 3.1 ms, backward 13.3 -> 8.5
+    ms). Threads help only where a core is free: after a matrix product OpenBLAS's worker
+    threads keep spinning for a while (``OPENBLAS_THREAD_TIMEOUT``), and inside a training step
+    on 2 cores the threaded candidates were measured no faster (benchmarks/README.md). The
+    choice is made per kernel and input size (rounded to a power of two) from the loop's own
+    first calls: after one warm-up call, ``TRIALS`` calls of each candidate, alternating, then
+    the fastest by best wall time, which must beat ``whole`` by ``TILE_MARGIN``. Small inputs
+    (at most two blocks) always run whole. ``CCLEDU_THREADS`` sets the number of threads
+    (default: the cores this process may use; 1 drops the threaded candidates).
 
 Control (environment variable ``CCLEDU_KERNELS``, read at the first call of each kernel):
 ``default`` forces every default (bit-for-bit the same float32 results on every machine whose
 NumPy computes the same, no measurement); ``expm1_nonpositive=poly`` (comma-separated
-``name=candidate``) forces one candidate (tiles: ``maxpool_backward=blocks``). :func:`choices` returns what was chosen and the
+``name=candidate``) forces one candidate (tap loops: ``maxpool_backward=blocks``). :func:`choices` returns what was chosen and the
 measured times; the speed benchmark writes them into its report.
 """
 from __future__ import annotations
@@ -246,16 +249,34 @@ _KERNELS = {
 # Cache blocking of tap loops
 # --------------------------------------------------------------------------------------------
 
-#: target size of one block of the first array given to :func:`tiles`
+#: target size of one block of the first array given to :func:`run_tiles`
 BLOCK_BYTES = 256 * 1024
 #: calls of each candidate timed before a tile choice is made (after one untimed warm-up call)
 TRIALS = 4
-#: ``blocks`` replaces ``whole`` only when its best call is at least this many times faster
-#: (both give identical results, so the margin only guards against timing noise)
+#: an alternative replaces ``whole`` only when its best call is at least this many times faster
+#: (every candidate gives identical results, so the margin only guards against timing noise)
 TILE_MARGIN = 1.1
 
 _tiles: dict = {}           # (kernel, size bucket) -> {"times": {cand: [s]}, "use": cand | None}
-_TILE_CANDIDATES = ("whole", "blocks")
+_pool = None                # the worker threads of the "threads" candidates (made at first use)
+
+
+def workers() -> int:
+    """Threads a tap loop may use: ``CCLEDU_THREADS`` if set, else the cores this process may
+    run on. With 1, the "threads" candidates are not tried."""
+    env = os.environ.get("CCLEDU_THREADS", "").strip()
+    if env:
+        if not env.isdigit() or int(env) < 1:
+            raise ValueError(f"CCLEDU_THREADS={env!r}: give a whole number of threads >= 1")
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                # not on Linux
+        return os.cpu_count() or 1
+
+
+def _tile_candidates() -> tuple:
+    return ("whole", "blocks") + (("threads", "threads+blocks") if workers() > 1 else ())
 
 
 def _size_label(bucket: int) -> str:
@@ -288,46 +309,84 @@ def split_blocks(arrays, block_bytes: int = BLOCK_BYTES, axes=(0, 1)) -> list:
     return views
 
 
-def tiles(kernel: str, *arrays, axes=(0, 1)):
-    """Iterate a tap loop's body over the whole ``arrays`` or over cache-sized blocks of them
-    split along ``axes`` (see the module docstring and :func:`split_blocks`). Yields tuples of
-    views, in the order of ``arrays``; writing into a yielded view writes into the array it came
-    from."""
+def _run_blocks(body, arrays, axes):
+    for views in split_blocks(arrays, axes=axes):
+        body(*views)
+
+
+def _run_threads(body, arrays, axes, inner_blocks: bool):
+    """``arrays`` cut into one piece per worker; the pieces run at once (NumPy releases the GIL
+    inside its loops), the calling thread taking the first."""
+    global _pool
+    n = workers()
+    pieces = split_blocks(arrays, block_bytes=-(-arrays[0].nbytes // n), axes=axes)
+    if _pool is None or _pool._max_workers != n - 1:
+        from concurrent.futures import ThreadPoolExecutor
+        _pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="ccledu-tiles")
+    run = (lambda *v: _run_blocks(body, v, axes)) if inner_blocks else body
+    futures = [_pool.submit(run, *p) for p in pieces[1:]]
+    run(*pieces[0])
+    for f in futures:
+        f.result()
+
+
+def run_tiles(kernel: str, body, *arrays, axes=(0, 1)) -> None:
+    """Run a tap loop ``body(*arrays)`` on the whole arrays, or on pieces of them split along
+    ``axes`` (every piece holds whole windows, so the results are bit-for-bit the same; ``body``
+    writes its results into views of the arrays it is given). Candidates:
+
+    ``whole`` (default)
+        ``body(*arrays)`` once.
+    ``blocks``
+        ``body`` on blocks of about ``BLOCK_BYTES`` of ``arrays[0]`` in turn (cache blocking).
+    ``threads``, ``threads+blocks``
+        one piece per worker thread (:func:`workers`), run at the same time; within a piece,
+        ``body`` runs once, or block by block.
+
+    The choice is made per kernel and input size (rounded to a power of two) from the loop's
+    own first calls: after one warm-up call, ``TRIALS`` calls of each candidate, alternating;
+    then the fastest by best wall time, which must beat ``whole`` by ``TILE_MARGIN``. Small
+    inputs (at most two blocks) and CuPy arrays always run whole.
+    """
     a0 = arrays[0]
     if get_array_module(a0) is not np or a0.nbytes <= 2 * BLOCK_BYTES:
-        yield arrays
+        body(*arrays)
         return
     key = (kernel, int(a0.nbytes).bit_length())
     rec = _tiles.get(key)
     if rec is None:
-        rec = _tiles[key] = {"times": {c: [] for c in _TILE_CANDIDATES}, "use": None, "why": "",
+        cands = _tile_candidates()
+        rec = _tiles[key] = {"times": {c: [] for c in cands}, "use": None, "why": "",
                              "warm": False}
         forced = _forced()
         want = forced.get(kernel, forced.get("*"))
         if want is not None:
             want = "whole" if want == "default" else want
-            if want not in _TILE_CANDIDATES:
+            if want not in ("whole", "blocks", "threads", "threads+blocks"):
                 raise ValueError(f"CCLEDU_KERNELS: kernel {kernel!r} has no candidate {want!r}; "
-                                 f"choose one of {list(_TILE_CANDIDATES)} (or 'default')")
+                                 f"choose one of {list(cands)} (or 'default')")
             rec["use"], rec["why"] = want, "forced by CCLEDU_KERNELS"
     use = rec["use"]
     if use is None:                       # still measuring: alternate the candidates
-        n = [len(rec["times"][c]) for c in _TILE_CANDIDATES]
-        trying = _TILE_CANDIDATES[n.index(min(n))]
+        n = {c: len(ts) for c, ts in rec["times"].items()}
+        trying = min(n, key=n.get)
     else:
         trying = use
-    t0 = time.thread_time()               # CPU time: other jobs on the machine do not count
+    t0 = time.perf_counter()
     if trying == "whole":
-        yield arrays
+        body(*arrays)
+    elif trying == "blocks":
+        _run_blocks(body, arrays, axes)
     else:
-        yield from split_blocks(arrays, axes=axes)
-    if use is None:                       # reached when the loop ran to its end
+        _run_threads(body, arrays, axes, inner_blocks=trying == "threads+blocks")
+    if use is None:
         if not rec["warm"]:               # the first call pays for first-touch page faults
             rec["warm"] = True
             return
-        rec["times"][trying].append(time.thread_time() - t0)
+        rec["times"][trying].append(time.perf_counter() - t0)
         if all(len(ts) >= TRIALS for ts in rec["times"].values()):
             best = {c: min(ts) for c, ts in rec["times"].items()}
-            rec["use"] = "blocks" if best["whole"] >= TILE_MARGIN * best["blocks"] else "whole"
-            rec["why"] = (f"best CPU time of {TRIALS} early calls of each, blocks of "
-                          f"{BLOCK_BYTES >> 10} KB, margin {TILE_MARGIN}")
+            alt = min((c for c in best if c != "whole"), key=best.get)
+            rec["use"] = alt if best["whole"] >= TILE_MARGIN * best[alt] else "whole"
+            rec["why"] = (f"best wall time of {TRIALS} early calls of each, blocks of "
+                          f"{BLOCK_BYTES >> 10} KB, {workers()} threads, margin {TILE_MARGIN}")

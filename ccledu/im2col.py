@@ -27,7 +27,7 @@ Output size: OH = (H + 2*pad - kh) // stride + 1, likewise OW.
 """
 from __future__ import annotations
 
-from .accel import tiles
+from .accel import run_tiles
 from .backend import get_array_module
 
 
@@ -67,10 +67,9 @@ def im2col(x, kh: int, kw: int, stride: int = 1, pad: int = 0):
     # reads, for each channel, from one (N, H+2p, W+2p) block that lies together in memory
     xt = (xp.zeros if pad else xp.empty)((C, N, H + 2 * pad, W + 2 * pad), dtype=x.dtype)
     xt[:, :, pad:pad + H, pad:pad + W] = x.transpose(1, 0, 2, 3)
-    col_all = xp.empty((C, kh, kw, N, oh, ow), dtype=x.dtype)
-    # xt and col below are the whole arrays or cache-sized channel blocks of them (same values;
-    # chosen by measurement, see ccledu.accel.tiles): fill col in place, col_all is returned
-    for xt, col in tiles("im2col", xt, col_all, axes=(0,)):
+    col = xp.empty((C, kh, kw, N, oh, ow), dtype=x.dtype)
+
+    def taps(xt, col):                                   # fills col in place
         ### BEGIN SOLUTION  Task 2.3: im2col tap loop
         for i in range(kh):
             i_end = i + stride * oh
@@ -78,8 +77,11 @@ def im2col(x, kh: int, kw: int, stride: int = 1, pad: int = 0):
                 j_end = j + stride * ow
                 col[:, i, j] = xt[:, :, i:i_end:stride, j:j_end:stride]
         ### END SOLUTION
+    # taps() runs on the whole arrays, or on channel slices of them (cache-sized blocks, or one
+    # slice per core at once): same values; chosen by measurement, see ccledu.accel.run_tiles
+    run_tiles("im2col", taps, xt, col, axes=(0,))
     # rows (c, i, j) x columns (n, p, q), returned transposed: a view, no copy
-    return col_all.reshape(C * kh * kw, N * oh * ow).T
+    return col.reshape(C * kh * kw, N * oh * ow).T
 
 
 def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):
@@ -110,10 +112,9 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):
     col = cols.T.reshape(C, kh, kw, N, oh, ow)
     # accumulate channel-major (C, N, H+2p, W+2p), like im2col reads; with padding, one copy
     # at the end drops it
-    imgt_all = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
-    # imgt and col below are the whole arrays or cache-sized channel blocks of them (same
-    # values; chosen by measurement, see ccledu.accel.tiles): add into imgt in place
-    for imgt, col in tiles("col2im", imgt_all, col, axes=(0,)):
+    imgt = xp.zeros((C, N, H + 2 * pad, W + 2 * pad), dtype=cols.dtype)
+
+    def taps(imgt, col):                                 # adds into imgt in place
         ### BEGIN SOLUTION  Task 2.4: col2im tap loop
         for i in range(kh):
             i_end = i + stride * oh
@@ -121,7 +122,9 @@ def col2im(cols, x_shape, kh: int, kw: int, stride: int = 1, pad: int = 0):
                 j_end = j + stride * ow
                 imgt[:, :, i:i_end:stride, j:j_end:stride] += col[:, i, j]
         ### END SOLUTION
-    imgt = imgt_all
+    # taps() runs on the whole arrays, or on channel slices of them (same values; chosen by
+    # measurement, see ccledu.accel.run_tiles)
+    run_tiles("col2im", taps, imgt, col, axes=(0,))
     # returned channel-major: the (N, C, H, W) view of a contiguous (C, N, H, W) array (no copy
     # without padding); the layer below reads it in that layout (``ccledu.layers``)
     if pad:

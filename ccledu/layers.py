@@ -31,7 +31,7 @@ import math
 
 import numpy as np
 
-from .accel import expm1_nonpositive, expm1_nonpositive_f32, tiles, zero  # noqa: F401  (public name)
+from .accel import expm1_nonpositive, expm1_nonpositive_f32, run_tiles, zero  # noqa: F401  (public name)
 from .backend import asarray, get_array_module, rng as make_rng
 from .im2col import col2im, conv_output_size, im2col
 
@@ -240,13 +240,16 @@ class MaxPool2d(Layer):
         if oh == 0 or ow == 0:
             raise ValueError(f"MaxPool2d({k}) cannot pool an input of spatial size {H}x{W}")
         y = xp.empty_like(x[:, :, 0:oh * k:k, 0:ow * k:k])        # in x's memory layout
-        # the tap loop runs on the whole arrays or on cache-sized blocks of them (batch/channel
-        # slices: same values; chosen by measurement, see ccledu.accel.tiles)
-        for x_b, y_b in tiles("maxpool_forward", x, y):
-            y_b[...] = x_b[:, :, 0:oh * k:k, 0:ow * k:k]           # tap (0, 0)
+
+        def taps(x, y):                                            # fills y in place
+            y[...] = x[:, :, 0:oh * k:k, 0:ow * k:k]               # tap (0, 0)
             for t in range(1, k * k):
                 i, j = divmod(t, k)
-                xp.maximum(y_b, x_b[:, :, i:oh * k:k, j:ow * k:k], out=y_b)
+                xp.maximum(y, x[:, :, i:oh * k:k, j:ow * k:k], out=y)
+        # the tap loop runs on the whole arrays, or on batch/channel slices of them (cache-sized
+        # blocks, or one slice per core at once): same values; chosen by measurement, see
+        # ccledu.accel.run_tiles
+        run_tiles("maxpool_forward", taps, x, y)
         self._c_x, self._c_y = x, y
         return y
 
@@ -260,11 +263,9 @@ class MaxPool2d(Layer):
         oh, ow = H // k, W // k
         # every pooled position is written below; only a dropped remainder row/column needs zeros
         exact = oh * k == H and ow * k == W
-        dx_all = (xp.empty_like if exact else xp.zeros_like)(x, dtype=dy.dtype)   # x's layout
-        # x, y, dy, dx below are the whole arrays or cache-sized blocks of them (batch/channel
-        # slices holding whole windows: same values; see ccledu.accel.tiles): write the
-        # gradient into dx in place (dx_all is returned)
-        for x, y, dy, dx in tiles("maxpool_backward", x, y, dy, dx_all):
+        dx = (xp.empty_like if exact else xp.zeros_like)(x, dtype=dy.dtype)   # x's layout
+
+        def taps(x, y, dy, dx):                         # writes the gradient into dx in place
             ### BEGIN SOLUTION  Task 2.5: MaxPool2d.backward
             found = xp.zeros(y.shape, dtype=bool)       # windows whose maximum is already routed
             for t in range(k * k):
@@ -274,7 +275,10 @@ class MaxPool2d(Layer):
                 found |= hit
                 xp.multiply(dy, hit, out=dx[:, :, i:oh * k:k, j:ow * k:k])
             ### END SOLUTION
-        return dx_all
+        # taps() runs on the whole arrays, or on batch/channel slices holding whole windows
+        # (same values; chosen by measurement, see ccledu.accel.run_tiles)
+        run_tiles("maxpool_backward", taps, x, y, dy, dx)
+        return dx
 
     def spec(self):
         return {"kind": "maxpool2d", "kernel": self.k}

@@ -87,7 +87,8 @@ def test_blocked_maxpool_is_bit_identical_to_whole(monkeypatch, layout):
     x = np.round(g.standard_normal((C, N, H, W)), 1).astype(np.float32)   # many ties
     x = x.transpose(1, 0, 2, 3) if layout == "channel-major" else np.ascontiguousarray(x.transpose(1, 0, 2, 3))
     out = {}
-    for cand in ("whole", "blocks"):
+    for cand in ("whole", "blocks", "threads", "threads+blocks"):
+        monkeypatch.setenv("CCLEDU_THREADS", "3")      # 3 pieces at once, even on a 2-core machine
         monkeypatch.setenv("CCLEDU_KERNELS", f"maxpool_forward={cand},maxpool_backward={cand}")
         accel.reset()
         pool = MaxPool2d(2)
@@ -97,8 +98,9 @@ def test_blocked_maxpool_is_bit_identical_to_whole(monkeypatch, layout):
         label = accel._size_label(int(x.nbytes).bit_length())          # "1MB": x is 1.7 MB
         assert accel.choices()[f"maxpool_backward@{label}"]["use"] == cand
     assert len(accel.split_blocks((x,))) > 4
-    for a, b in zip(out["whole"], out["blocks"]):
-        assert a.tobytes() == b.tobytes()
+    for cand in ("blocks", "threads", "threads+blocks"):
+        for a, b in zip(out["whole"], out[cand]):
+            assert a.tobytes() == b.tobytes(), cand
     # each window routes its gradient to exactly one position (the remainder gets none)
     dx = out["whole"][1]
     assert np.all(dx[:, :, 30, :] == 0) and np.all(dx[:, :, :, 28] == 0)
@@ -106,19 +108,39 @@ def test_blocked_maxpool_is_bit_identical_to_whole(monkeypatch, layout):
 
 
 def test_tiles_measure_their_first_calls_then_keep_one(monkeypatch):
-    """Without a forced choice, the first TRIALS calls of each candidate alternate; then one is
-    kept (and recorded) for that kernel and input size."""
+    """Without a forced choice, the first TRIALS calls of each candidate alternate (after one
+    warm-up call); then one is kept (and recorded) for that kernel and input size."""
+    monkeypatch.setenv("CCLEDU_THREADS", "2")
     x = np.zeros((8, 64, 32, 32), np.float32)          # 2 MB
     seen = []
-    for _ in range(2 * accel.TRIALS + 4):
-        seen.append(len(list(accel.tiles("demo", x))))
-    assert seen[1:1 + 2 * accel.TRIALS].count(1) == accel.TRIALS    # "whole" yields one tuple
-    assert len(set(seen[1 + 2 * accel.TRIALS:])) == 1
+
+    def body(a):
+        seen[-1].append(a.shape)
+        a += 1                                          # the views write into x
+
+    cands = accel._tile_candidates()
+    assert cands == ("whole", "blocks", "threads", "threads+blocks")
+    for _ in range(1 + len(cands) * accel.TRIALS + 3):
+        seen.append([])
+        accel.run_tiles("demo", body, x)
+    assert np.all(x == len(seen))                       # every element once per call
+    pieces = [len(s) for s in seen[1:1 + len(cands) * accel.TRIALS]]
+    assert pieces.count(1) == accel.TRIALS              # "whole": one call of the body
+    assert pieces.count(2) == accel.TRIALS              # "threads": one piece per thread
+    assert len({len(s) for s in seen[1 + len(cands) * accel.TRIALS:]}) == 1
     rec = accel.choices()["demo@2MB"]
-    assert rec["use"] in ("whole", "blocks") and set(rec["ms"]) == {"whole", "blocks"}
+    assert rec["use"] in cands and set(rec["ms"]) == set(cands)
     # small arrays always run whole, with nothing recorded
-    assert len(list(accel.tiles("demo", np.zeros((2, 2, 8, 8), np.float32)))) == 1
+    seen.append([])
+    accel.run_tiles("demo", body, np.zeros((2, 2, 8, 8), np.float32))
+    assert len(seen[-1]) == 1
     assert list(accel.choices()) == ["demo@2MB"]
+    # one thread: the "threads" candidates are not tried
+    monkeypatch.setenv("CCLEDU_THREADS", "1")
+    assert accel._tile_candidates() == ("whole", "blocks")
+    monkeypatch.setenv("CCLEDU_THREADS", "two")
+    with pytest.raises(ValueError, match="CCLEDU_THREADS"):
+        accel.workers()
 
 
 @pytest.mark.parametrize("stride,pad", [(1, 1), (2, 0)])
@@ -127,15 +149,17 @@ def test_blocked_im2col_col2im_are_bit_identical_to_whole(monkeypatch, stride, p
     g = np.random.default_rng(4)
     x = g.standard_normal((16, 24, 20, 20)).astype(np.float32)     # 0.6 MB; cols 5 MB
     res = {}
-    for cand in ("whole", "blocks"):
+    for cand in ("whole", "blocks", "threads", "threads+blocks"):
+        monkeypatch.setenv("CCLEDU_THREADS", "3")
         monkeypatch.setenv("CCLEDU_KERNELS", f"im2col={cand},col2im={cand}")
         accel.reset()
         cols = im2col(x, 3, 3, stride, pad)
         G = np.asarray(g.standard_normal(cols.shape), np.float32) if cand == "whole" else G
         res[cand] = (np.ascontiguousarray(cols), np.ascontiguousarray(col2im(G.T.copy().T, x.shape, 3, 3, stride, pad)))
         assert {k.split("@")[0] for k in accel.choices()} >= {"col2im"}
-    for a, b in zip(res["whole"], res["blocks"]):
-        assert a.tobytes() == b.tobytes()
+    for cand in ("blocks", "threads", "threads+blocks"):
+        for a, b in zip(res["whole"], res[cand]):
+            assert a.tobytes() == b.tobytes(), cand
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
