@@ -115,3 +115,20 @@ def test_protocol_report_from_tiny_sweeps(tmp_path):
     assert (out / "fig7_mnist.png").stat().st_size > 5000
     assert "| bp | 2 |" in report and "Projected cost" in report
     assert "mnist: " in report and "local process pool, 2 worker(s) × 1 BLAS thread(s), 3 run(s)" in report
+
+
+def test_profile_step_wraps_every_kernel_it_names(tmp_path):
+    """The profiler wraps ccledu's kernels by name: a renamed method must fail here, not in the
+    next session's profile. Each wrapped category of these steps receives time."""
+    out = tmp_path / "profile.md"
+    _run(BENCH / "profile_step.py", "--configs", "mlp", "--rules", "bp,ccl,ff", "--reps", "1",
+         "--out", out)
+    rows = {r["rule"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    assert set(rows) == {"bp", "ccl", "ff"}
+    for rule, row in rows.items():
+        cats = row["categories_s"]
+        assert cats["linear"] > 0 and cats["activation"] > 0 and cats["optimizer"] > 0, rule
+        assert 0 < row["gemm_alone_s"] and row["n_gemms"] > 0, rule
+    assert rows["ccl"]["categories_s"]["rule"] > 0 and rows["ff"]["categories_s"]["rule"] > 0
+    assert rows["bp"]["categories_s"]["rule"] == 0
+    assert "| mlp | ff |" in out.read_text()
