@@ -58,7 +58,7 @@ def _require_book_packages():
     missing = []
     for mod, pkg in (("sphinx", "sphinx"), ("myst_nb", "myst-nb"),
                      ("sphinx_book_theme", "sphinx-book-theme"),
-                     ("jupyter_server_mathjax", "jupyter-server-mathjax")):
+                     ("mathjax", "django-static-mathjax")):          # book/_ext/offline_mathjax.py
         try:
             __import__(mod)
         except ImportError:
