@@ -258,7 +258,8 @@ TRIALS = 4
 TILE_MARGIN = 1.1
 
 _tiles: dict = {}           # (kernel, size bucket) -> {"times": {cand: [s]}, "use": cand | None}
-_pool = None                # the worker threads of the "threads" candidates (made at first use)
+_TILE_CANDIDATES = ("whole", "blocks", "threads", "threads+blocks")
+_pool = (0, None)           # (threads, executor) of the "threads" candidates, made at first use
 
 
 def workers() -> int:
@@ -276,7 +277,8 @@ def workers() -> int:
 
 
 def _tile_candidates() -> tuple:
-    return ("whole", "blocks") + (("threads", "threads+blocks") if workers() > 1 else ())
+    """The candidates this process can run: the threaded ones need at least 2 threads."""
+    return _TILE_CANDIDATES if workers() > 1 else _TILE_CANDIDATES[:2]
 
 
 def _size_label(bucket: int) -> str:
@@ -320,11 +322,11 @@ def _run_threads(body, arrays, axes, inner_blocks: bool):
     global _pool
     n = workers()
     pieces = split_blocks(arrays, block_bytes=-(-arrays[0].nbytes // n), axes=axes)
-    if _pool is None or _pool._max_workers != n - 1:
+    if _pool[0] != n:
         from concurrent.futures import ThreadPoolExecutor
-        _pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="ccledu-tiles")
+        _pool = (n, ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="ccledu-tiles"))
     run = (lambda *v: _run_blocks(body, v, axes)) if inner_blocks else body
-    futures = [_pool.submit(run, *p) for p in pieces[1:]]
+    futures = [_pool[1].submit(run, *p) for p in pieces[1:]]
     run(*pieces[0])
     for f in futures:
         f.result()
@@ -356,16 +358,16 @@ def run_tiles(kernel: str, body, *arrays, axes=(0, 1)) -> None:
     rec = _tiles.get(key)
     if rec is None:
         cands = _tile_candidates()
-        rec = _tiles[key] = {"times": {c: [] for c in cands}, "use": None, "why": "",
-                             "warm": False}
+        rec = {"times": {c: [] for c in cands}, "use": None, "why": "", "warm": False}
         forced = _forced()
         want = forced.get(kernel, forced.get("*"))
         if want is not None:
             want = "whole" if want == "default" else want
-            if want not in ("whole", "blocks", "threads", "threads+blocks"):
+            if want not in cands:
                 raise ValueError(f"CCLEDU_KERNELS: kernel {kernel!r} has no candidate {want!r}; "
                                  f"choose one of {list(cands)} (or 'default')")
             rec["use"], rec["why"] = want, "forced by CCLEDU_KERNELS"
+        _tiles[key] = rec                 # only once the choice is valid
     use = rec["use"]
     if use is None:                       # still measuring: alternate the candidates
         n = {c: len(ts) for c, ts in rec["times"].items()}

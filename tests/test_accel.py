@@ -138,6 +138,10 @@ def test_tiles_measure_their_first_calls_then_keep_one(monkeypatch):
     # one thread: the "threads" candidates are not tried
     monkeypatch.setenv("CCLEDU_THREADS", "1")
     assert accel._tile_candidates() == ("whole", "blocks")
+    monkeypatch.setenv("CCLEDU_KERNELS", "demo1=threads")    # forcing what 1 thread cannot run
+    for _ in range(2):                                        # every call, not just the first
+        with pytest.raises(ValueError, match="no candidate 'threads'"):
+            accel.run_tiles("demo1", body, x)
     monkeypatch.setenv("CCLEDU_THREADS", "two")
     with pytest.raises(ValueError, match="CCLEDU_THREADS"):
         accel.workers()

@@ -162,3 +162,29 @@ def test_training_defaults_unchanged(tmp_path):
             assert all(got[f] is None for f in set(got) - set(v)), k
             got = {f: got[f] for f in v}
         assert got == v, k
+
+
+def test_other_core_tolerances_hold_between_the_recorded_sets():
+    """The fallback for a core without a fixture set: its tolerances accept the two recorded
+    sets against each other (two real cores, same commit), which differ in their bytes, and
+    reject a perturbation ten times the tolerance."""
+    other = [os.path.join(HERE, d) for d in sorted(os.listdir(HERE))
+             if os.path.isfile(os.path.join(HERE, d, "cases.json"))]
+    assert other
+    differ_bytes = 0
+    for f in sorted(f for f in os.listdir(HERE) if f.endswith(".npz")):
+        a, b = _npz(os.path.join(HERE, f)), _npz(os.path.join(other[0], f))
+        for k in a:
+            differ_bytes += a[k].tobytes() != b[k].tobytes()
+            assert _close(a[k], b[k]), f"{f}:{k}"
+    assert differ_bytes > 100                       # the two cores really round differently
+    x = np.linspace(-1, 1, 11)
+    assert not _close(x, x + 10 * TOL_OTHER_CORE["float64"])
+    with open(os.path.join(HERE, "histories.json")) as fh:
+        h0 = json.load(fh)
+    with open(os.path.join(other[0], "histories.json")) as fh:
+        h1 = json.load(fh)
+    assert all(_near(h0[k], h1[k], TOL_OTHER_CORE["history"]) for k in h0)
+    assert h0 != h1
+    assert not _near({"loss": [1.0, 2.0]}, {"loss": [1.0, 2.0 * (1 + 10 * TOL_OTHER_CORE["history"])]},
+                     TOL_OTHER_CORE["history"])
