@@ -51,6 +51,9 @@ TRAIN_FIELDS = [
     ("--warmup-mode", "warmup_mode", str, "global: warm-up factor (t+1)/warmup over all steps t "
                                           "(default); epoch: the batch index within the epoch, as "
                                           "the public CCL scripts count it"),
+    ("--cooldown", "cooldown", str, "none (default) or linear: the learning rates stay constant "
+                                    "for the first half of the epochs, then fall linearly "
+                                    "(loeweX/Forward-Forward's schedule, preset loewex)"),
     ("--val-fraction", "val_fraction", float, "share of the training set held out for "
                                               "validation (default 0.1)"),
     ("--out", "out", str, "folder for metrics.json and checkpoint.npz (checked and locked before "

@@ -36,7 +36,10 @@ public CCL training loop):
 :meth:`Optimizer.end_epoch` advances the cosine schedule (``torch.optim.lr_scheduler.
 CosineAnnealingLR`` stepped once per epoch): after e epochs
 η_e = η_min + (η_0 − η_min) · (1 + cos(π e / T_max)) / 2, for every group, when
-``cosine_tmax > 0``.
+``cosine_tmax > 0``. With ``cooldown="linear"`` instead (loeweX/Forward-Forward's
+``get_linear_cooldown_lr``, E = ``epochs``): after e epochs (e = the 0-based index of the next
+epoch) η_e = η_0 for e ≤ ⌊E/2⌋, else η_0 · 2 (1 + E − e) / E: constant for the first half, then
+linear down to 2η_0/E in the last epoch.
 
 Parameters are updated **in place** (``p -= ...``), so the layers that own the arrays see the new
 values. The caller's gradient arrays are never modified. Works on NumPy and CuPy arrays alike.
@@ -50,7 +53,7 @@ import numpy as np
 
 from .backend import get_array_module, to_numpy
 
-__all__ = ["ParamGroup", "Optimizer", "build_groups", "cosine_lr", "group_settings"]
+__all__ = ["ParamGroup", "Optimizer", "build_groups", "cooldown_lr", "cosine_lr", "group_settings"]
 
 
 @dataclass
@@ -122,6 +125,14 @@ def cosine_lr(lr0: float, epoch: int, t_max: int, eta_min: float = 0.0) -> float
     return eta_min + (lr0 - eta_min) * (1.0 + math.cos(math.pi * epoch / t_max)) / 2.0
 
 
+def cooldown_lr(lr0: float, epoch: int, epochs: int) -> float:
+    """η_0 for epoch ≤ ⌊E/2⌋, else η_0 · 2 (1 + E − epoch) / E (``epoch`` 0-based, E = ``epochs``:
+    loeweX/Forward-Forward's linear cooldown over the second half)."""
+    if epoch <= epochs // 2:
+        return lr0
+    return lr0 * 2 * (1 + epochs - epoch) / epochs
+
+
 class Optimizer:
     """Multi-group SGD or Adam with warm-up, gradient centralization, per-group clipping and a cosine
     schedule (see the module docstring for the exact order and equations).
@@ -134,12 +145,24 @@ class Optimizer:
     eta_min : the schedule's floor η_min.
     warmup_mode : "global" (default: factor (t + 1)/warmup, t the global step) or "epoch" (the
         public CCL code: (b + 1)/warmup, b the batch index within the epoch, while t < warmup).
+    cooldown : "none" (default) or "linear": loeweX's linear cooldown over the second half of
+        ``epochs`` epochs (:func:`cooldown_lr`); not combined with a cosine schedule.
+    epochs : the run's length E, needed by ``cooldown="linear"``.
     """
 
     def __init__(self, groups, warmup: int = 0, cosine_tmax: int = 0, eta_min: float = 0.0,
-                 warmup_mode: str = "global"):
+                 warmup_mode: str = "global", cooldown: str = "none", epochs: int = 0):
         if warmup_mode not in ("global", "epoch"):
             raise ValueError(f"warmup_mode must be 'global' or 'epoch', got {warmup_mode!r}")
+        if cooldown not in ("none", "linear"):
+            raise ValueError(f"cooldown must be 'none' or 'linear', got {cooldown!r}")
+        if cooldown == "linear" and (cosine_tmax or 0) > 0:
+            raise ValueError("cooldown='linear' and a cosine schedule (cosine_tmax > 0) both set "
+                             "the learning rate per epoch; choose one (cosine_tmax=0 or "
+                             "cooldown='none')")
+        if cooldown == "linear" and int(epochs) < 1:
+            raise ValueError(f"cooldown='linear' needs the run's length: epochs >= 1, got {epochs}")
+        self.cooldown, self.epochs = cooldown, int(epochs)
         self.warmup_mode = warmup_mode
         self.epoch_step = 0                 # steps taken in the current epoch (warmup_mode="epoch")
         groups = list(groups)
@@ -187,12 +210,16 @@ class Optimizer:
 
     def end_epoch(self) -> dict:
         """Count one finished epoch and, with ``cosine_tmax > 0``, set every group's lr to
-        η_min + (η_0 − η_min)(1 + cos(π e / T_max))/2. Returns {group: lr}."""
+        η_min + (η_0 − η_min)(1 + cos(π e / T_max))/2 (with ``cooldown="linear"``,
+        :func:`cooldown_lr`). Returns {group: lr}."""
         self.epoch += 1
         self.epoch_step = 0
         if self.cosine_tmax > 0:
             for g in self.groups:
                 g.lr = cosine_lr(g.initial_lr, self.epoch, self.cosine_tmax, self.eta_min)
+        elif self.cooldown == "linear":
+            for g in self.groups:
+                g.lr = cooldown_lr(g.initial_lr, self.epoch, self.epochs)
         return self.lrs
 
     # -- the update -------------------------------------------------------------------------

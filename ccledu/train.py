@@ -77,6 +77,9 @@ class TrainConfig:
     warmup_mode: 'global' (default: warm-up factor (t+1)/warmup over global steps t) | 'epoch'
            (the public CCL scripts: (b+1)/warmup, b the batch index within the epoch, while
            t < warmup; see ccledu.optim)
+    cooldown: 'none' (default) | 'linear' (loeweX/Forward-Forward: the learning rates are
+           constant for the first half of ``epochs``, then fall linearly, η_0 · 2(1+E−e)/E at
+           0-based epoch e > E/2; see ccledu.optim.cooldown_lr). Not with ``cosine_tmax``.
     """
     rule: str = "bp"
     model: str = "mlp"
@@ -95,6 +98,7 @@ class TrainConfig:
     centralize: bool | None = None
     warmup: int | None = None
     warmup_mode: str | None = None
+    cooldown: str | None = None
     cosine_tmax: int | None = None
     eta_min: float | None = None
     optimizer: str | None = None
@@ -223,6 +227,13 @@ def validate(config: "TrainConfig") -> "TrainConfig":
         raise ValueError(f"dtype (--dtype) must be 'float32' or 'float64', got {config.dtype!r}")
     if config.warmup_mode is not None and config.warmup_mode not in ("global", "epoch"):
         raise ValueError(f"warmup_mode must be 'global' or 'epoch', got {config.warmup_mode!r}")
+    if config.cooldown is not None and config.cooldown not in ("none", "linear"):
+        raise ValueError(f"cooldown (--cooldown) must be 'none' or 'linear', got "
+                         f"{config.cooldown!r}")
+    if config.cooldown == "linear" and (config.cosine_tmax or 0) > 0:
+        raise ValueError("cooldown 'linear' (--cooldown) and a cosine schedule (--cosine-tmax "
+                         f"{config.cosine_tmax}) both set the learning rate per epoch; choose one "
+                         "(--cosine-tmax 0 or --cooldown none)")
     if not isinstance(config.rule_options, dict):
         raise ValueError(f"rule_options must be a dict of the rule's options, got "
                          f"{type(config.rule_options).__name__}")
@@ -765,7 +776,8 @@ def build_optimizer(config: TrainConfig, model, rule):
 
     groups = build_groups(rule.param_groups(model), dataclasses.asdict(config))
     return Optimizer(groups, warmup=config.warmup or 0, cosine_tmax=config.cosine_tmax or 0,
-                     eta_min=config.eta_min, warmup_mode=config.warmup_mode or "global")
+                     eta_min=config.eta_min, warmup_mode=config.warmup_mode or "global",
+                     cooldown=config.cooldown or "none", epochs=config.epochs or 0)
 
 
 class Interrupted(KeyboardInterrupt):

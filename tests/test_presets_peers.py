@@ -496,6 +496,93 @@ def test_public_preset_trains_with_epoch_warmup():
         Optimizer([ParamGroup("f", {"w": np.zeros(1)}, lr=1.0)], warmup_mode="batch")
 
 
+def _peer_cooldown(lr, epoch, epochs):
+    """loeweX's get_linear_cooldown_lr, from its published form (epoch 0-based)."""
+    return lr * 2 * (1 + epochs - epoch) / epochs if epoch > epochs // 2 else lr
+
+
+@pytest.mark.parametrize("E", [1, 2, 7, 10])
+def test_loewex_cooldown_matches_the_peer_schedule(E):
+    """The learning rate of every step of every epoch equals the peer's, set at each epoch's
+    start for both groups, and the parameters follow the SGD update with those rates exactly."""
+    from ccledu.optim import Optimizer, ParamGroup
+    from ccledu.train import TrainConfig, build_optimizer, resolve, validate
+    rng = np.random.default_rng(3)
+    p = {"w": rng.standard_normal(4), "h": rng.standard_normal(2)}
+    w_ref, h_ref = p["w"].copy(), p["h"].copy()
+    o = Optimizer([ParamGroup("forward", {"w": p["w"]}, lr=1e-3),
+                   ParamGroup("feedback", {"h": p["h"]}, lr=1e-2)], cooldown="linear", epochs=E)
+    for epoch in range(E):
+        for _ in range(3):
+            gw, gh = rng.standard_normal(4), rng.standard_normal(2)
+            info = o.step({"w": gw, "h": gh})
+            assert info["forward"]["lr"] == _peer_cooldown(1e-3, epoch, E)
+            assert info["feedback"]["lr"] == _peer_cooldown(1e-2, epoch, E)
+            w_ref -= _peer_cooldown(1e-3, epoch, E) * gw
+            h_ref -= _peer_cooldown(1e-2, epoch, E) * gh
+        o.end_epoch()
+    assert rel(p["w"], w_ref) < 1e-15 and rel(p["h"], h_ref) < 1e-15
+    # the preset turns it on, and the trainer hands the run's length to the optimiser
+    cfg = resolve(validate(TrainConfig(rule="ff", model="mlp:784-16-16-10", preset="loewex",
+                                       epochs=E)))
+    assert cfg.cooldown == "linear" and cfg.cosine_tmax == 0
+    model = build_model(cfg.model, activation=cfg.activation, seed=0)
+    rule = get_rule("ff", **cfg.rule_options).setup(model, seed=0)
+    built = build_optimizer(cfg, model, rule)
+    assert (built.cooldown, built.epochs) == ("linear", E)
+    for epoch in range(1, E):
+        lrs = built.end_epoch()
+        assert lrs["forward"] == _peer_cooldown(1e-3, epoch, E)
+
+
+def test_cooldown_bad_settings_are_clear_errors():
+    from ccledu.optim import Optimizer, ParamGroup
+    from ccledu.train import TrainConfig, validate
+    g = [ParamGroup("f", {"w": np.zeros(1)}, lr=1.0)]
+    with pytest.raises(ValueError, match="cooldown must be 'none' or 'linear'"):
+        Optimizer(g, cooldown="cosine")
+    with pytest.raises(ValueError, match="choose one"):
+        Optimizer(g, cooldown="linear", cosine_tmax=10, epochs=10)
+    with pytest.raises(ValueError, match="needs the run's length"):
+        Optimizer(g, cooldown="linear")
+    with pytest.raises(ValueError, match="--cooldown"):
+        validate(TrainConfig(cooldown="step"))
+    with pytest.raises(ValueError, match="--cosine-tmax 0 or --cooldown none"):
+        validate(TrainConfig(cooldown="linear", cosine_tmax=5))
+
+
+def test_loewex_cooldown_torch():
+    """Against torch.optim.SGD (momentum, weight decay, two groups) driven by the peer's
+    update_learning_rate loop."""
+    torch = pytest.importorskip("torch")
+    from ccledu.optim import Optimizer, ParamGroup
+    E, S = 6, 4
+    rng = np.random.default_rng(5)
+    w0, h0 = rng.standard_normal(5), rng.standard_normal(3)
+    grads = rng.standard_normal((E * S, 8))
+    wt = torch.tensor(w0, requires_grad=True)
+    ht = torch.tensor(h0, requires_grad=True)
+    opt = torch.optim.SGD([{"params": [wt], "lr": 1e-3, "weight_decay": 3e-4, "momentum": 0.9},
+                           {"params": [ht], "lr": 1e-2, "weight_decay": 3e-3, "momentum": 0.9}])
+    p = {"w": w0.copy(), "h": h0.copy()}
+    o = Optimizer([ParamGroup("forward", {"w": p["w"]}, lr=1e-3, momentum=0.9, weight_decay=3e-4),
+                   ParamGroup("feedback", {"h": p["h"]}, lr=1e-2, momentum=0.9,
+                              weight_decay=3e-3)], cooldown="linear", epochs=E)
+    t = 0
+    for epoch in range(E):
+        opt.param_groups[0]["lr"] = _peer_cooldown(1e-3, epoch, E)
+        opt.param_groups[1]["lr"] = _peer_cooldown(1e-2, epoch, E)
+        for _ in range(S):
+            opt.zero_grad()
+            wt.grad = torch.tensor(grads[t, :5].copy())
+            ht.grad = torch.tensor(grads[t, 5:].copy())
+            opt.step()
+            o.step({"w": grads[t, :5], "h": grads[t, 5:]})
+            t += 1
+        o.end_epoch()
+    assert rel(p["w"], wt.detach().numpy()) < TOL and rel(p["h"], ht.detach().numpy()) < TOL
+
+
 # ------------------------------------------------------------------------------------------------
 # The table, and traces of every preset
 # ------------------------------------------------------------------------------------------------
