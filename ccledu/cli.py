@@ -54,6 +54,9 @@ TRAIN_FIELDS = [
     ("--cooldown", "cooldown", str, "none (default) or linear: the learning rates stay constant "
                                     "for the first half of the epochs, then fall linearly "
                                     "(loeweX/Forward-Forward's schedule, preset loewex)"),
+    ("--eval-every", "eval_every", int, "evaluate (validation, test with --track-test, "
+                                        "diagnostics) after every k-th epoch and the last "
+                                        "(default 1); the checkpoint is chosen among those"),
     ("--val-fraction", "val_fraction", float, "share of the training set held out for "
                                               "validation (default 0.1)"),
     ("--out", "out", str, "folder for metrics.json and checkpoint.npz (checked and locked before "
@@ -141,7 +144,7 @@ def _add_train(sub, context=None):
 
 def _explicit_train_flags(args) -> list:
     given = [flag for flag, dest, _, _ in TRAIN_FIELDS
-             if dest != "epochs" and getattr(args, dest) is not None]
+             if dest not in ("epochs", "eval_every") and getattr(args, dest) is not None]
     given += [f"--{k.replace('_', '-')}" for k in ("centralize", "bias", "augment", "diagnostics",
                                                   "track_test") if getattr(args, k) is not None]
     given += ["--" + k for k in ("config", "lr") if getattr(args, k) is not None]
@@ -157,8 +160,10 @@ def cmd_train(args) -> int:
         others = _explicit_train_flags(args)
         if others:
             raise ValueError(f"--resume continues the run with the settings of its checkpoint; "
-                             f"drop {', '.join(others)} (only --epochs may be given, to extend it)")
-        overrides = {"epochs": args.epochs} if args.epochs is not None else None
+                             f"drop {', '.join(others)} (only --epochs may be given, to extend it, and "
+                             f"--eval-every)")
+        overrides = {k: getattr(args, k) for k in ("epochs", "eval_every")
+                     if getattr(args, k) is not None} or None
         return _train_and_report(lambda: run(overrides, progress=not args.quiet,
                                              resume=args.resume), args.quiet)
     settings = {}

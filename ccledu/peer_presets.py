@@ -83,6 +83,7 @@ PEERS: dict = {
         "settings": {
             "model": "mlp:784-500-500-10", "activation": "relu", "bias": True,
             "epochs": 1000, "batch_size": 50000, "optimizer": "adam", "lr_forward": 0.03,
+            "eval_every": 50,
             "lr_feedback": 0.03, "momentum_forward": 0.0, "weight_decay_forward": 0.0,
             "clip_forward": 0.0, "clip_feedback": 0.0, "centralize": False, "warmup": 0,
             "cosine_tmax": 0, "val_fraction": 1 / 6, "diagnostics": True,
@@ -103,6 +104,10 @@ PEERS: dict = {
                          "largest value)",
             "optimizer": "Adam(lr=0.03) per layer, one full batch of 50000 images, 1000 steps",
             "predict": "Net.predict: argmax over labels of the goodness summed over layers",
+            "eval_every": "the peer evaluates once, after the last step; ccledu every 50 steps "
+                          "(evaluating 10 candidate labels costs about as much as a step), the "
+                          "last one included (with --track-test, selections.last_epoch is the "
+                          "peer's choice)",
         },
         "differs": [
             "the peer trains layer 0 for 1000 steps, then layer 1 on its frozen output; ccledu "

@@ -77,6 +77,12 @@ class TrainConfig:
     warmup_mode: 'global' (default: warm-up factor (t+1)/warmup over global steps t) | 'epoch'
            (the public CCL scripts: (b+1)/warmup, b the batch index within the epoch, while
            t < warmup; see ccledu.optim)
+    eval_every: evaluate (validation, ``track_test``'s test pass, diagnostics) after every k-th
+           epoch and after the last one (default 1: every epoch). The checkpoint is chosen
+           among the evaluated epochs; the other epochs' history entries hold only the training
+           loss and time. Evaluation never changes the training trajectory, so a run with k > 1
+           ends on the same weights; use it where evaluation costs as much as training (FF's
+           candidate-label passes, 1000 full-batch steps). May change on ``--resume``.
     cooldown: 'none' (default) | 'linear' (loeweX/Forward-Forward: the learning rates are
            constant for the first half of ``epochs``, then fall linearly, η_0 · 2(1+E−e)/E at
            0-based epoch e > E/2; see ccledu.optim.cooldown_lr). Not with ``cosine_tmax``.
@@ -99,6 +105,7 @@ class TrainConfig:
     warmup: int | None = None
     warmup_mode: str | None = None
     cooldown: str | None = None
+    eval_every: int | None = None
     cosine_tmax: int | None = None
     eta_min: float | None = None
     optimizer: str | None = None
@@ -202,6 +209,7 @@ RANGES = {
     "clip_feedback": Range(float, 0),
     "warmup": Range(int, 0),
     "cosine_tmax": Range(int, 0),
+    "eval_every": Range(int, 1),
     "eta_min": Range(float, 0),
     "val_fraction": Range(float, 0, 1, lo_open=True, hi_open=True),
     "limit_train": Range(int, 1),
@@ -646,11 +654,14 @@ def _check_finite(losses, epoch, first_step, bound=math.inf):
 def fit(model, rule, optimizer, train, val, *, epochs: int, batch_size: int, seed: int = 0,
         augment=None, diagnostics: bool = False, progress: bool = True, check_every: int = 20,
         desc: str = "", on_epoch=None, monitor=None, history=None, best=None, gen=None,
-        start_epoch: int = 1, reference_loss=None, checkpoint=None):
+        start_epoch: int = 1, reference_loss=None, checkpoint=None, eval_every: int = 1):
     """Train ``model`` with ``rule`` and ``optimizer`` on host arrays ``train = (x, y)``.
 
     ``monitor``: optional host arrays (x, y), evaluated after every epoch and recorded as
     ``test_loss`` / ``test_accuracy`` in the history (never used to choose anything).
+
+    ``eval_every`` k: validation, ``monitor`` and diagnostics only after epochs k, 2k, ... and
+    the last; the other entries hold ``epoch``, ``train_loss``, ``train_seconds``, ``terms``.
 
     Divergence (see :func:`divergence_bound`): every ``check_every`` steps the losses are
     checked; a NaN/inf loss or one beyond the bound raises :class:`DivergenceError` (with
@@ -723,22 +734,26 @@ def fit(model, rule, optimizer, train, val, *, epochs: int, batch_size: int, see
         train_seconds = time.perf_counter() - t0
         optimizer.end_epoch()
         train_loss = float(np.mean(to_numpy(xp.stack(losses)))) if losses else float("nan")
-        scores = rule.evaluate_set(model, x_va, y_va)
-        val_loss = scores["loss"]
-        entry = {"epoch": epoch, "train_loss": train_loss,
-                 **{f"val_{k}": v for k, v in scores.items()}, "train_seconds": train_seconds,
+        entry = {"epoch": epoch, "train_loss": train_loss, "train_seconds": train_seconds,
                  "terms": {k: float(to_numpy(v)) / max(n_steps, 1) for k, v in term_sums.items()}}
-        if monitor is not None:
-            entry.update({f"test_{k}": v for k, v in rule.evaluate_set(model, *monitor).items()})
-        if diagnostics:
-            entry.update(rule.diagnostics(model, diag_x, diag_y))
+        if epoch % eval_every == 0 or epoch == epochs:
+            scores = rule.evaluate_set(model, x_va, y_va)
+            val_loss = scores["loss"]
+            entry.update({f"val_{k}": v for k, v in scores.items()})
+            if monitor is not None:
+                entry.update({f"test_{k}": v for k, v in rule.evaluate_set(model, *monitor).items()})
+            if diagnostics:
+                entry.update(rule.diagnostics(model, diag_x, diag_y))
+            if val_loss < best[1] or best[0] is None:
+                best = (epoch, val_loss, _snapshot(model, rule))
+            if progress:
+                acc = f"  val acc {100 * scores['accuracy']:6.2f} %" if "accuracy" in scores else ""
+                print(f"{desc}epoch {epoch:3d}/{epochs}  train loss {train_loss:.4f}  val loss "
+                      f"{val_loss:.4f}{acc}  ({train_seconds:.1f} s)", flush=True)
+        elif progress:
+            print(f"{desc}epoch {epoch:3d}/{epochs}  train loss {train_loss:.4f}  (not evaluated, "
+                  f"eval_every {eval_every}; {train_seconds:.1f} s)", flush=True)
         history.append(entry)
-        if val_loss < best[1] or best[0] is None:
-            best = (epoch, val_loss, _snapshot(model, rule))
-        if progress:
-            acc = f"  val acc {100 * scores['accuracy']:6.2f} %" if "accuracy" in scores else ""
-            print(f"{desc}epoch {epoch:3d}/{epochs}  train loss {train_loss:.4f}  val loss "
-                  f"{val_loss:.4f}{acc}  ({train_seconds:.1f} s)", flush=True)
         if checkpoint is not None:
             checkpoint(epoch, history, best, g, reference_loss)
         if on_epoch is not None:
@@ -758,12 +773,13 @@ def selections(history: list) -> dict:
     Each maps to ``{"epoch": e, "val_loss": ..., "val_accuracy": ..., "test_accuracy": ...}``.
     All three choices look only at validation data or at the epoch count.
     """
-    if not history or "test_accuracy" not in history[0]:
+    evaluated = [h for h in history if "val_loss" in h]      # all but eval_every's skipped epochs
+    if not evaluated or "test_accuracy" not in evaluated[0]:
         raise ValueError("selections() needs a classifier's history recorded with track_test=True")
     picks = {
-        "lowest_val_loss": min(history, key=lambda h: h["val_loss"]),
-        "highest_val_accuracy": max(history, key=lambda h: (h["val_accuracy"], -h["epoch"])),
-        "last_epoch": history[-1],
+        "lowest_val_loss": min(evaluated, key=lambda h: h["val_loss"]),
+        "highest_val_accuracy": max(evaluated, key=lambda h: (h["val_accuracy"], -h["epoch"])),
+        "last_epoch": evaluated[-1],
     }
     keys = ("epoch", "val_loss", "val_accuracy", "test_accuracy")
     return {name: {k: h[k] for k in keys} for name, h in picks.items()}
@@ -800,11 +816,15 @@ def _resume_config(state, config) -> TrainConfig:
         wanted = {**saved, **config}
     else:
         wanted = dataclasses.asdict(resolve(validate(config)))
-    differ = sorted(k for k in saved if k not in ("epochs", "out") and wanted.get(k) != saved[k])
+    free = ("epochs", "eval_every", "out")
+    differ = sorted(k for k in set(saved) | set(wanted)
+                    if k not in free and wanted.get(k) != saved.get(k))
     if differ:
         raise ValueError(f"--resume continues a run with the settings of its checkpoint; these "
-                         f"differ: {', '.join(differ)} (only epochs may change, to extend it)")
-    return TrainConfig.from_dict({**saved, "epochs": wanted.get("epochs", saved["epochs"])})
+                         f"differ: {', '.join(differ)} (only epochs may change, to extend it, "
+                         f"and eval_every)")
+    return TrainConfig.from_dict({**saved, "epochs": wanted.get("epochs", saved["epochs"]),
+                                  "eval_every": wanted.get("eval_every", saved.get("eval_every"))})
 
 
 def run(config: TrainConfig | dict | None = None, progress: bool = True, resume=None,
@@ -953,7 +973,8 @@ def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_st
                 diagnostics=bool(config.diagnostics), progress=progress,
                 monitor=test if config.track_test else None, history=history, best=best,
                 gen=gen, start_epoch=start, reference_loss=ref,
-                checkpoint=checkpoint if rundir is not None else None, on_epoch=on_epoch)
+                checkpoint=checkpoint if rundir is not None else None, on_epoch=on_epoch,
+                eval_every=config.eval_every or 1)
             best_epoch, _, snap = best
             _restore(model, rule, snap)
             scores = rule.evaluate_set(model, *test)

@@ -419,6 +419,43 @@ def test_resume_can_extend_but_not_change_settings(tmp_path, capsys):
     _one_error(["train", "--resume", out], capsys, "not a readable ccledu checkpoint")
 
 
+@pytest.mark.parametrize("rule", ["bp", "ff", "ccl"])
+def test_eval_every_skips_evaluation_without_changing_training(rule, tmp_path):
+    """eval_every=3 over 5 epochs: evaluated after epochs 3 and 5 only, the checkpoint chosen
+    among those, and the weights and training losses identical to evaluating every epoch."""
+    cfg = dict(TINY_CFG, rule=rule, epochs=5, track_test=True, diagnostics=True)
+    if rule == "ff":
+        cfg["model"] = "mlp:784-16-16-10"
+    every = TR.run(dict(cfg), progress=False)
+    sparse = TR.run(dict(cfg, eval_every=3), progress=False)
+    assert [("val_loss" in h, "test_accuracy" in h) for h in sparse["history"]] == \
+        [(False, False), (False, False), (True, True), (False, False), (True, True)]
+    assert set(sparse["history"][0]) == {"epoch", "train_loss", "train_seconds", "terms"}
+    assert [h["train_loss"] for h in sparse["history"]] == [h["train_loss"] for h in every["history"]]
+    for e in (3, 5):          # the same weights at the evaluated epochs (losses bit-equal)
+        for k in ("val_loss", "val_accuracy", "test_loss", "test_accuracy"):
+            assert sparse["history"][e - 1][k] == every["history"][e - 1][k]
+    assert sparse["best_epoch"] in (3, 5)
+    assert sparse["best_epoch"] == min((3, 5), key=lambda e: every["history"][e - 1]["val_loss"])
+    assert sparse["selections"]["last_epoch"]["epoch"] == 5
+    assert sparse["selections"]["lowest_val_loss"]["epoch"] == sparse["best_epoch"]
+
+
+def test_eval_every_may_change_on_resume(tmp_path, capsys):
+    out = tmp_path / "o"
+    TR.run(dict(TINY_CFG, epochs=2, out=str(out)), progress=False)
+    more = TR.run({"epochs": 4, "eval_every": 2}, progress=False, resume=str(out))
+    assert ["val_loss" in h for h in more["history"]] == [True, True, False, True]
+    assert more["config"]["eval_every"] == 2
+    rc = cli.main(["train", "--resume", str(out), "--epochs", "5", "--eval-every", "5", "--quiet"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["epochs_completed"] == 5 and "val_loss" in m["history"][4]
+    _one_error(["train", "--resume", out, "--eval-every", "2", "--batch-size", "8"], capsys,
+               "drop --batch-size")
+    _one_error(["train", "--eval-every", "0", "--epochs", "1"], capsys, "--eval-every: must be an integer >= 1")
+
+
 def test_ctrl_c_in_a_subprocess_then_resume_from_the_command_line(tmp_path):
     """SIGINT mid-run: one line, exit 130, metrics.json 'interrupted', a checkpoint; then
     ``ccledu train --resume`` ends exactly as an uninterrupted run (history and weights)."""
