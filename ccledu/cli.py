@@ -54,6 +54,8 @@ TRAIN_FIELDS = [
     ("--cooldown", "cooldown", str, "none (default) or linear: the learning rates stay constant "
                                     "for the first half of the epochs, then fall linearly "
                                     "(loeweX/Forward-Forward's schedule, preset loewex)"),
+    ("--inputs", "inputs", str, "normalized (default: (x/255 - mean)/std) or pixels (x/255 in "
+                                "[0, 1], as loeweX/Forward-Forward feeds its network)"),
     ("--eval-every", "eval_every", int, "evaluate (validation, test with --track-test, "
                                         "diagnostics) after every k-th epoch and the last "
                                         "(default 1); the checkpoint is chosen among those"),

@@ -36,6 +36,7 @@ PEERS: dict = {
         "settings": {
             "model": "mlp:784-1000-1000-1000-10", "activation": "relu", "bias": True,
             "epochs": 100, "batch_size": 100, "optimizer": "sgd", "cooldown": "linear",
+            "inputs": "pixels",
             "lr_forward": 1e-3, "momentum_forward": 0.9, "weight_decay_forward": 3e-4,
             "lr_feedback": 1e-2, "momentum_feedback": 0.9, "weight_decay_feedback": 3e-3,
             "clip_forward": 0.0, "clip_feedback": 0.0, "centralize": False, "warmup": 0,
@@ -66,14 +67,14 @@ PEERS: dict = {
             "lr_feedback": "training.downstream_learning_rate 1e-2, downstream_weight_decay "
                            "3e-3 (the head is trained with the feedback group's settings)",
             "batch_size": "input.batch_size 100",
+            "inputs": "get_MNIST_partition: ToTensor() alone, pixels in [0, 1] (then the "
+                      "model's RMS normalisation)",
             "cooldown": "utils.get_linear_cooldown_lr: lr * 2 (1 + E - e) / E for 0-based epoch "
                         "e > E // 2, both groups, set at the start of each epoch",
             "val_fraction": "50000 training / 10000 validation images",
             "predict": "the test accuracy is the downstream classifier's",
         },
         "differs": [
-            "inputs: the peer feeds ToTensor pixels in [0, 1]; ccledu's are normalised "
-            "((x/255 - mean)/std), then RMS-normalised like the peer's",
             "checkpoint: ccledu reports the epoch of lowest validation loss, the peer the last",
             "batches: drop_last and the peer's data order (torch generator) are not reproduced",
         ],

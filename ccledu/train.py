@@ -83,6 +83,9 @@ class TrainConfig:
            loss and time. Evaluation never changes the training trajectory, so a run with k > 1
            ends on the same weights; use it where evaluation costs as much as training (FF's
            candidate-label passes, 1000 full-batch steps). May change on ``--resume``.
+    inputs: 'normalized' (default: x̂ = (x/255 − μ)/σ with the dataset's constants) | 'pixels'
+           (x/255 in [0, 1], torchvision's bare ``ToTensor``, as loeweX/Forward-Forward feeds
+           its network; computed as x̂·σ + μ, equal to x/255 within float rounding)
     cooldown: 'none' (default) | 'linear' (loeweX/Forward-Forward: the learning rates are
            constant for the first half of ``epochs``, then fall linearly, η_0 · 2(1+E−e)/E at
            0-based epoch e > E/2; see ccledu.optim.cooldown_lr). Not with ``cosine_tmax``.
@@ -106,6 +109,7 @@ class TrainConfig:
     warmup_mode: str | None = None
     cooldown: str | None = None
     eval_every: int | None = None
+    inputs: str | None = None
     cosine_tmax: int | None = None
     eta_min: float | None = None
     optimizer: str | None = None
@@ -235,6 +239,9 @@ def validate(config: "TrainConfig") -> "TrainConfig":
         raise ValueError(f"dtype (--dtype) must be 'float32' or 'float64', got {config.dtype!r}")
     if config.warmup_mode is not None and config.warmup_mode not in ("global", "epoch"):
         raise ValueError(f"warmup_mode must be 'global' or 'epoch', got {config.warmup_mode!r}")
+    if config.inputs is not None and config.inputs not in ("normalized", "pixels"):
+        raise ValueError(f"inputs (--inputs) must be 'normalized' or 'pixels', got "
+                         f"{config.inputs!r}")
     if config.cooldown is not None and config.cooldown not in ("none", "linear"):
         raise ValueError(f"cooldown (--cooldown) must be 'none' or 'linear', got "
                          f"{config.cooldown!r}")
@@ -916,7 +923,8 @@ def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_st
                 f"{info.num_classes} classes; end the spec with the number of classes, e.g. "
                 f"'mlp:{int(np.prod(info.input_shape))}-256-{info.num_classes}'")
         rule.setup(model, seed=config.seed)
-        train, val, test = load_splits(config, model.input_shape, pixels=model.pixels)
+        train, val, test = load_splits(config, model.input_shape,
+                                       pixels=model.pixels or config.inputs == "pixels")
         optimizer = build_optimizer(config, model, rule)
         augment = None
         if config.augment:

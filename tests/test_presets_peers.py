@@ -535,6 +535,24 @@ def test_loewex_cooldown_matches_the_peer_schedule(E):
         assert lrs["forward"] == _peer_cooldown(1e-3, epoch, E)
 
 
+def test_loewex_inputs_are_pixels():
+    """inputs='pixels' (the loewex preset) feeds x/255, as the peer's bare ToTensor does."""
+    from ccledu import data as D
+    from ccledu.train import TrainConfig, load_splits, resolve, validate
+    cfg = resolve(validate(TrainConfig(rule="ff", model="mlp:784-16-16-10", preset="loewex")))
+    assert cfg.inputs == "pixels"
+    (xp, yp), _, (xt, _) = load_splits(cfg, (784,), pixels=cfg.inputs == "pixels")
+    ds = D.load_dataset("mnist")
+    perm = np.random.default_rng(cfg.seed).permutation(len(ds.train_y))
+    n_val = int(round(cfg.val_fraction * len(ds.train_y)))
+    raw = ds.train_x[perm[n_val:]].reshape(-1, 784).astype(np.float32) / np.float32(255)
+    assert np.array_equal(yp, ds.train_y[perm[n_val:]])
+    assert np.abs(xp - raw).max() < 1e-6 and xp.min() >= -1e-7 and xp.max() <= 1 + 1e-6
+    assert np.abs(xt - ds.test_x.reshape(-1, 784) / 255.0).max() < 1e-6
+    with pytest.raises(ValueError, match="--inputs"):
+        validate(TrainConfig(inputs="raw"))
+
+
 def test_cooldown_bad_settings_are_clear_errors():
     from ccledu.optim import Optimizer, ParamGroup
     from ccledu.train import TrainConfig, validate
