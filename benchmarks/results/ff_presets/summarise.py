@@ -2,7 +2,7 @@
 
     python benchmarks/results/ff_presets/summarise.py NAME=RUN_DIR[:CPU_SECONDS] ...
 
-RUN_DIR is an ``--out`` folder of ``python -m ccledu.peer_presets train``; the history is read
+RUN_DIR is an ``--out`` folder of ``ccledu train --rule ff --preset NAME``; the history is read
 from its metrics.json (a finished or interrupted run) or else from checkpoint.npz (the last
 completed epoch). CPU_SECONDS (user + system time of the process, e.g. from ``ps -o time``)
 is stored beside the curve so the cost per epoch can be projected.
@@ -39,7 +39,14 @@ def main(argv):
         keep = ("epoch", "train_loss", "val_loss", "val_accuracy", "test_accuracy", "train_seconds")
         rows = [{k: r[k] for k in keep if k in r} for r in h]
         out[name] = {"run": run, "status": status, "epochs": len(rows), "history": rows,
-                     "cpu_seconds": float(cpu) if cpu else None}
+                     "cpu_seconds": float(cpu) if cpu else None,
+                     "train_seconds": sum(r.get("train_seconds", 0.0) for r in rows)}
+        m = Path(run) / "metrics.json"
+        if m.exists():
+            d = json.loads(m.read_text())
+            for k in ("test_accuracy", "best_epoch", "selections", "resumed_after_epoch"):
+                if k in d:
+                    out[name][k] = d[k]
     (HERE / "curves.json").write_text(json.dumps(out, indent=1) + "\n")
     import matplotlib
     matplotlib.use("Agg")
@@ -59,11 +66,12 @@ def main(argv):
     ax.set_ylabel("test error %")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
-    ax.set_title("FF peer presets on MNIST (shared 2-core CPU, partial runs)", fontsize=9)
+    ax.set_title("FF peer presets on MNIST: test error at the evaluated epochs", fontsize=9)
     fig.tight_layout()
     fig.savefig(HERE / "curves.png", dpi=120)
     for name, d in out.items():
-        print(name, d["status"], [(r["epoch"], r.get("test_accuracy")) for r in d["history"]])
+        print(name, d["status"], [(r["epoch"], r["test_accuracy"]) for r in d["history"]
+                                  if "test_accuracy" in r], d.get("selections"))
 
 
 if __name__ == "__main__":
