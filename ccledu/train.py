@@ -80,8 +80,9 @@ class TrainConfig:
     eval_every: evaluate (validation, ``track_test``'s test pass, diagnostics) after every k-th
            epoch and after the last one (default 1: every epoch). The checkpoint is chosen
            among the evaluated epochs; the other epochs' history entries hold only the training
-           loss and time. Evaluation never changes the training trajectory, so a run with k > 1
-           ends on the same weights; use it where evaluation costs as much as training (FF's
+           loss and time. Evaluation never changes the training trajectory (the weights after
+           every epoch are those of k = 1; only the chosen checkpoint may differ); use it where
+           evaluation costs as much as training (FF's
            candidate-label passes, 1000 full-batch steps). May change on ``--resume``.
     inputs: 'normalized' (default: x̂ = (x/255 − μ)/σ with the dataset's constants) | 'pixels'
            (x/255 in [0, 1], torchvision's bare ``ToTensor``, as loeweX/Forward-Forward feeds
@@ -89,6 +90,7 @@ class TrainConfig:
     cooldown: 'none' (default) | 'linear' (loeweX/Forward-Forward: the learning rates are
            constant for the first half of ``epochs``, then fall linearly, η_0 · 2(1+E−e)/E at
            0-based epoch e > E/2; see ccledu.optim.cooldown_lr). Not with ``cosine_tmax``.
+           Extending a run with ``--resume --epochs`` recomputes the schedule for the new E.
     """
     rule: str = "bp"
     model: str = "mlp"
@@ -567,13 +569,14 @@ def _apply_checkpoint(state, arrays, model, rule, optimizer, gen):
 def load_splits(config: TrainConfig, input_shape, pixels: bool = False):
     """Load ``config.data`` and shape it for a model with ``input_shape``: flattened for an
     MLP, zero-padded when the model's images are larger. The inputs are normalised by the
-    dataset's mean/std, or, with ``pixels`` (a model's ``pixels``, e.g. an autoencoder), mapped
-    back to [0, 1] pixels by x·std + mean.
+    dataset's mean/std, or, with ``pixels`` (a model's ``pixels``, e.g. an autoencoder) or
+    ``config.inputs == "pixels"``, mapped back to [0, 1] pixels by x·std + mean.
 
     Returns host arrays ((x_train, y_train), (x_val, y_val), (x_test, y_test)).
     """
     from . import data as D
 
+    pixels = pixels or config.inputs == "pixels"
     ds = D.load_dataset(config.data, root=config.data_root)
     data_shape = tuple(ds.info.input_shape)
     flatten = len(input_shape) == 1
@@ -923,8 +926,7 @@ def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_st
                 f"{info.num_classes} classes; end the spec with the number of classes, e.g. "
                 f"'mlp:{int(np.prod(info.input_shape))}-256-{info.num_classes}'")
         rule.setup(model, seed=config.seed)
-        train, val, test = load_splits(config, model.input_shape,
-                                       pixels=model.pixels or config.inputs == "pixels")
+        train, val, test = load_splits(config, model.input_shape, pixels=model.pixels)
         optimizer = build_optimizer(config, model, rule)
         augment = None
         if config.augment:

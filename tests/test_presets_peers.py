@@ -541,7 +541,7 @@ def test_loewex_inputs_are_pixels():
     from ccledu.train import TrainConfig, load_splits, resolve, validate
     cfg = resolve(validate(TrainConfig(rule="ff", model="mlp:784-16-16-10", preset="loewex")))
     assert cfg.inputs == "pixels"
-    (xp, yp), _, (xt, _) = load_splits(cfg, (784,), pixels=cfg.inputs == "pixels")
+    (xp, yp), _, (xt, _) = load_splits(cfg, (784,))             # the path run() takes
     ds = D.load_dataset("mnist")
     perm = np.random.default_rng(cfg.seed).permutation(len(ds.train_y))
     n_val = int(round(cfg.val_fraction * len(ds.train_y)))
