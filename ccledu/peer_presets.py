@@ -83,7 +83,7 @@ PEERS: dict = {
         "peer": "mpezeshki/pytorch_forward_forward: main.py (Layer, Net, overlay_y_on_x)",
         "settings": {
             "model": "mlp:784-500-500-10", "activation": "relu", "bias": True,
-            "epochs": 1000, "batch_size": 50000, "optimizer": "adam", "lr_forward": 0.03,
+            "epochs": 2000, "batch_size": 50000, "optimizer": "adam", "lr_forward": 0.03,
             "eval_every": 50,
             "lr_feedback": 0.03, "momentum_forward": 0.0, "weight_decay_forward": 0.0,
             "clip_forward": 0.0, "clip_feedback": 0.0, "centralize": False, "warmup": 0,
@@ -92,10 +92,13 @@ PEERS: dict = {
                 "loss": "threshold", "theta": 2.0, "theta_mode": "fixed", "goodness": "mean",
                 "loss_mean": "rows", "norm": "l2", "norm_eps": 1e-4, "label_value": 0.0,
                 "label_max": "batch", "predict": "goodness", "ff_layers": "all",
-                "negatives": "uniform",
+                "negatives": "uniform", "schedule": "layerwise",
             },
         },
         "reproduces": {
+            "schedule": "Net.train: layer 0 for num_epochs = 1000 full-batch steps, then layer 1 "
+                        "for 1000 on layer 0's frozen output (epochs 2000 = 2 x 1000; each "
+                        "layer's Adam starts at its first step, as the peer's per-layer Adam)",
             "model": "Net([784, 500, 500]): two ReLU layers (the classifier block only holds "
                      "ccledu's softmax head, unused by predict='goodness')",
             "norm_eps": "Layer.forward: x / (x.norm(2, 1) + 1e-4)",
@@ -103,7 +106,8 @@ PEERS: dict = {
             "loss_mean": "log(1 + exp(cat[theta - g+, g- - theta])).mean() over the 2N rows",
             "label_max": "overlay_y_on_x: x_[:, :10] = 0, x_[n, y_n] = x.max() (the batch's "
                          "largest value)",
-            "optimizer": "Adam(lr=0.03) per layer, one full batch of 50000 images, 1000 steps",
+            "optimizer": "Adam(lr=0.03) per layer, one full batch of 50000 images, 1000 steps "
+                         "per layer",
             "predict": "Net.predict: argmax over labels of the goodness summed over layers",
             "eval_every": "the peer evaluates once, after the last step; ccledu every 50 steps "
                           "(evaluating 10 candidate labels costs about as much as a step), the "
@@ -111,10 +115,12 @@ PEERS: dict = {
                           "peer's choice)",
         },
         "differs": [
-            "the peer trains layer 0 for 1000 steps, then layer 1 on its frozen output; ccledu "
-            "trains both at once (each on its own loss, the input detached)",
-            "negatives: the peer permutes the batch's labels (y[randperm]), so ~10 % of its "
-            "'negatives' carry the true label; ccledu draws a wrong label uniformly",
+            "the peer computes layer 0's output once and trains layer 1 on that fixed tensor; "
+            "ccledu recomputes it at each step from the frozen layer 0 (the same values, and "
+            "the negatives are redrawn, see the next line)",
+            "negatives: the peer permutes the batch's labels (y[randperm]) once, so its "
+            "negatives are fixed for the whole run and ~10 % of them carry the true label; "
+            "ccledu draws a wrong label uniformly at every step",
             "the peer takes the first 50000 images of a shuffled training set; ccledu the "
             "split of its seed (50000 train / 10000 validation)",
         ],

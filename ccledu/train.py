@@ -705,6 +705,7 @@ def fit(model, rule, optimizer, train, val, *, epochs: int, batch_size: int, see
     steps_per_epoch = math.ceil(len(y_tr) / batch_size)
     bound = math.inf if reference_loss is None else divergence_bound(reference_loss)
     for epoch in range(start_epoch, epochs + 1):
+        rule.begin_epoch(epoch, epochs)
         it = batches(x_tr, y_tr, batch_size, shuffle=True, rng=g, augment=augment)
         bar = None
         if progress and tqdm is not None:

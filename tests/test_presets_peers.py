@@ -272,6 +272,49 @@ def test_mpezeshki_matches_its_equations():
         assert max(rel(g2[k], ref[k]) for k in ref) > 1e-6, opt
 
 
+def test_mpezeshki_layerwise_schedule_matches_the_peers_greedy_training():
+    """schedule='layerwise' (Net.train: layer 0 for its num_epochs steps, then layer 1 on the
+    frozen layer 0), written out here with the peer's per-layer Adam(lr=0.03) and the
+    gradients of :func:`mpezeshki_reference`: E = 6 epochs of one full batch, 3 per layer."""
+    from ccledu.optim import Optimizer, ParamGroup
+    model, rule, x, y, y_neg = mpezeshki_setup(seed=2)
+    assert rule.schedule == "layerwise"
+    Ws = [[W.copy(), b.copy()] for W, b in weights(model)]
+    opt = Optimizer([ParamGroup("forward", model.parameters(), lr=0.03, optimizer="adam")])
+    E, lr, (b1, b2), eps = 6, 0.03, (0.9, 0.999), 1e-8
+    phases = []
+    for epoch in range(1, E + 1):
+        rule.begin_epoch(epoch, E)
+        phases.append(rule.phase)
+        res = rule.layerwise_step(model, x, y, y_neg)   # step() with the test's negatives
+        assert not any(k.startswith(f"forward.{1 - rule.phase}.") for k in res.grads)
+        opt.step(res.grads)
+    assert phases == [0, 0, 0, 1, 1, 1]
+    for l in (0, 1):                                       # the peer: one Adam per layer
+        m = [np.zeros_like(p) for p in Ws[l]]
+        v = [np.zeros_like(p) for p in Ws[l]]
+        for k in range(1, 4):
+            g = mpezeshki_reference([tuple(w) for w in Ws], x, y, y_neg)
+            for i, name in enumerate(("weight", "bias")):
+                gi = g[f"forward.{l}.{name}"]
+                m[i] = b1 * m[i] + (1 - b1) * gi
+                v[i] = b2 * v[i] + (1 - b2) * gi * gi
+                Ws[l][i] = Ws[l][i] - lr / (1 - b1 ** k) * m[i] / (np.sqrt(v[i]) / np.sqrt(1 - b2 ** k) + eps)
+    for l, (W, b) in enumerate(weights(model)):
+        assert rel(W, Ws[l][0]) < TOL and rel(b, Ws[l][1]) < TOL, l
+    # trained both at once for the same six steps, layer 1 ends elsewhere
+    m2, r2, *_ = mpezeshki_setup(seed=2)
+    opt2 = Optimizer([ParamGroup("forward", m2.parameters(), lr=0.03, optimizer="adam")])
+    for epoch in range(1, E + 1):
+        opt2.step(r2.local_step(m2, x, y, y_neg).grads)
+    assert rel(weights(m2)[1][0], Ws[1][0]) > 1e-6
+
+
+def test_ff_schedule_option_is_checked():
+    with pytest.raises(ValueError, match="schedule must be one of 'together', 'layerwise'"):
+        get_rule("ff", schedule="greedy")
+
+
 def test_mpezeshki_torch():
     torch = pytest.importorskip("torch")
     model, rule, x, y, y_neg = mpezeshki_setup(seed=4)

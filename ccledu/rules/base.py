@@ -97,6 +97,11 @@ class Rule:
         return groups
 
     # -- the learning step -------------------------------------------------------------------
+    def begin_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the trainer before the first step of epoch ``epoch`` (1-based) of
+        ``epochs``, also on ``--resume``. Nothing by default; a rule whose step depends on
+        where training stands reads it here (FF's ``schedule="layerwise"``)."""
+
     def step(self, model, x, y) -> StepResult:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -171,6 +171,9 @@ class FF(Rule):
                                     "is replaced by 1 (loeweX's ReLU_full_grad)"),
         "init": (str, "model", "'model': keep the model's weights; 'normal_fan_out': redraw each "
                                "hidden W_l ~ N(0, 1/out_l), biases 0 (loeweX)"),
+        "schedule": (str, "together", "'together': every hidden block trains at every step; "
+                                      "'layerwise': block l trains alone during the l-th of H "
+                                      "equal shares of the epochs, then is frozen (mpezeshki)"),
     }
 
     def __init__(self, theta: float = 2.0, goodness: str = "sum", predict: str = "goodness",
@@ -179,13 +182,14 @@ class FF(Rule):
                  norm: str = "l2", norm_eps: float = EPS, theta_mode: str = "fixed",
                  loss_mean: str = "pairs", peer_norm: float = 0.0, peer_momentum: float = 0.9,
                  label_max: str = "sample", head_input: str = "last", relu_grad: str = "exact",
-                 init: str = "model"):
+                 init: str = "model", schedule: str = "together"):
         choices = {"norm": (norm, ("l2", "rms")), "theta_mode": (theta_mode, ("fixed", "width")),
                    "loss_mean": (loss_mean, ("pairs", "rows")),
                    "label_max": (label_max, ("sample", "batch")),
                    "head_input": (head_input, ("last", "skip_first")),
                    "relu_grad": (relu_grad, ("exact", "identity")),
-                   "init": (init, ("model", "normal_fan_out"))}
+                   "init": (init, ("model", "normal_fan_out")),
+                   "schedule": (schedule, ("together", "layerwise"))}
         for key, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"{key} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
@@ -198,6 +202,8 @@ class FF(Rule):
         self.norm, self.norm_eps, self.theta_mode, self.loss_mean = norm, float(norm_eps), theta_mode, loss_mean
         self.peer_norm, self.peer_momentum = float(peer_norm), float(peer_momentum)
         self.label_max, self.head_input, self.relu_grad, self.init = label_max, head_input, relu_grad, init
+        self.schedule = schedule
+        self.phase = 0                           # schedule="layerwise": the block now training
         self.head = {}                           # {"head.weight": (C, features)} with head_input="skip_first"
         self.peer_means = {}                     # {"state.<l>.peer_mean": (units,)} with peer_norm > 0
         if loss not in ("threshold", "margin"):
@@ -245,7 +251,7 @@ class FF(Rule):
             "theta_mode": self.theta_mode, "loss_mean": self.loss_mean,
             "peer_norm": self.peer_norm, "peer_momentum": self.peer_momentum,
             "label_max": self.label_max, "head_input": self.head_input,
-            "relu_grad": self.relu_grad, "init": self.init,
+            "relu_grad": self.relu_grad, "init": self.init, "schedule": self.schedule,
             "conv_goodness": "over channels and positions of the pooled block output",
             "predict": self.predict,
             "ff_layers": self.ff_layers,
@@ -272,6 +278,7 @@ class FF(Rule):
         self._C = model.num_classes
         xp_like = model.blocks[0].main.params["weight"]
         hidden = self.hidden_blocks(model)
+        self._hidden, self.phase = len(hidden), 0
         if self.init == "normal_fan_out":
             # loeweX: W_l ~ N(0, 1/out_l) (std 1/sqrt(out)), b_l = 0, for every hidden block
             g = make_rng([int(self.seed) if not isinstance(seed, np.random.Generator) else 0, 0xFF, 1])
@@ -450,11 +457,34 @@ class FF(Rule):
         return model.blocks[-1].forward(self.head_features(hs))
 
     # -- the learning step -------------------------------------------------------------------
+    def begin_epoch(self, epoch: int, epochs: int) -> None:
+        """schedule="layerwise": with H hidden blocks and E epochs, block l trains during the
+        epochs e with floor((e − 1) H / E) = l (the l-th of H equal shares; 1-based e), i.e.
+        for E = 2000, H = 2: block 0 in epochs 1–1000, block 1 in 1001–2000."""
+        if self.schedule == "layerwise" and getattr(self, "_hidden", None):
+            self.phase = min((int(epoch) - 1) * self._hidden // max(int(epochs), 1), self._hidden - 1)
+
     def step(self, model, x, y) -> StepResult:
-        """One FF step: head, then negatives (uniform or hard), then every hidden block."""
+        """One FF step: head, then negatives (uniform or hard), then every hidden block
+        (schedule="layerwise": only block :attr:`phase`, see :meth:`layerwise_step`)."""
+        if self.schedule == "layerwise":
+            return self.layerwise_step(model, x, y)
         return self.local_step(model, x, y, None)
 
-    def local_step(self, model, x, y, y_neg=None, active=None) -> StepResult:
+    def layerwise_step(self, model, x, y, y_neg=None) -> StepResult:
+        """Greedy layer-after-layer training (mpezeshki's ``Net.train``): only hidden block
+        l = :attr:`phase` and the head learn. The blocks before l only run forward; the blocks
+        after l are not run for the FF losses (the head still reads the last hidden block); the
+        gradients of every other hidden block are left out of the result, so the optimiser does
+        not touch them at all (no momentum drift, and Adam's state of block l starts at its
+        first step, as the peer's per-layer Adam does)."""
+        L = len(model.blocks)
+        res = self.local_step(model, x, y, y_neg, active={self.phase, L - 1}, last=self.phase)
+        frozen = tuple(f"forward.{l}." for l in range(L - 1) if l != self.phase)
+        res.grads = {k: v for k, v in res.grads.items() if not k.startswith(frozen)}
+        return res
+
+    def local_step(self, model, x, y, y_neg=None, active=None, last=None) -> StepResult:
         """Gradients of the local losses.
 
         ``y_neg``: the negative labels; None draws them (:meth:`draw_negatives`; with
@@ -462,7 +492,9 @@ class FF(Rule):
         ``active``: the block indices whose loss is switched on (default: all hidden blocks and
         the head, index L−1). A block that is not active still runs forward (its output feeds
         the next block) but receives dh = 0, so its gradient is exactly zero unless something
-        leaks across blocks: that is what the tests check.
+        leaks across blocks: that is what the tests check. ``last``: the hidden blocks after
+        block ``last`` are not run on the [positive; negative] rows (their FF losses are left
+        out of the step's loss; their gradients are whatever their previous backward left).
         """
         L = len(model.blocks)
         active = set(range(L)) if active is None else set(active)
@@ -515,6 +547,8 @@ class FF(Rule):
                     dh[:N] += dpeer
             self.block_backward(block, dh)
             a = h                                  # the next block sees sg(h)
+            if last is not None and l >= last:
+                break
         terms["head_ce"] = ce
         total = ce if total is None else total + ce
         grads = model.gradients()
