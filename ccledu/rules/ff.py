@@ -460,7 +460,8 @@ class FF(Rule):
     def begin_epoch(self, epoch: int, epochs: int) -> None:
         """schedule="layerwise": with H hidden blocks and E epochs, block l trains during the
         epochs e with floor((e − 1) H / E) = l (the l-th of H equal shares; 1-based e), i.e.
-        for E = 2000, H = 2: block 0 in epochs 1–1000, block 1 in 1001–2000."""
+        for E = 2000, H = 2: block 0 in epochs 1–1000, block 1 in 1001–2000. (Extending a run
+        with ``--resume --epochs`` moves the boundaries to the new E.)"""
         if self.schedule == "layerwise" and getattr(self, "_hidden", None):
             self.phase = min((int(epoch) - 1) * self._hidden // max(int(epochs), 1), self._hidden - 1)
 
