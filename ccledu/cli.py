@@ -18,6 +18,7 @@ import errno
 import importlib
 import json
 import os
+import signal
 import sys
 import traceback
 
@@ -428,6 +429,7 @@ def main(argv=None) -> int:
         return 2
     except SystemExit as e:                               # --help
         return int(e.code or 0) if not isinstance(e.code, str) else 2
+    previous = _stop_on_sigterm()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt as e:
@@ -438,6 +440,28 @@ def main(argv=None) -> int:
             traceback.print_exc()
         print(f"ccledu: error: {describe_error(e)}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt("stopped by SIGTERM")
+
+
+def _stop_on_sigterm():
+    """SIGTERM (``kill PID``, a batch system's time limit) stops a command the way Ctrl-C does:
+    a training run records itself as interrupted beside its checkpoint, a sweep stops its
+    workers. Returns the previous handler (restored when the command ends), or None when the
+    handler was left alone (not the main thread, or someone else already handles SIGTERM)."""
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL:
+        return None
+    signal.signal(signal.SIGTERM, _sigterm)
+    return previous
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -50,6 +50,12 @@ asked otherwise. ``scheduler="tcp://host:8786"``: the runs go to that Dask distr
 (its workers need ccledu installed, the data, and the run folders on a shared filesystem);
 ``scheduler="local"`` starts a Dask ``LocalCluster`` of ``workers`` processes. See docs/sweeps.md.
 
+**Stopping.** Ctrl-C, or SIGTERM to the ``ccledu sweep`` process (``kill PID``, a batch
+system's time limit), stops the local pool's workers too: each records its run as
+"interrupted" beside the run's per-epoch checkpoint, and the same command resumes. A worker
+whose parent has died (even by SIGKILL) notices within a second and stops the same way, so no
+orphaned run keeps training.
+
 Outputs in ``root``: ``results.csv`` (one row per run), ``results.md`` (tables per group, the
 selection), ``selection.json``; they are rewritten after every finished run.
 """
@@ -372,6 +378,15 @@ def execute(config: dict, out: str, threads: int = 1, keep_checkpoint: bool = Fa
       written here, with the error message.
     - A finished run's checkpoint is deleted unless ``keep_checkpoint`` (its metrics.json is its
       result; a checkpoint of the paper MLP is a few MB)."""
+    global _RUNNING
+    _RUNNING = True
+    try:
+        return _execute(config, out, threads, keep_checkpoint)
+    finally:
+        _RUNNING = False
+
+
+def _execute(config: dict, out: str, threads: int, keep_checkpoint: bool) -> dict:
     import inspect
 
     from . import train as T
@@ -418,9 +433,41 @@ def execute(config: dict, out: str, threads: int = 1, keep_checkpoint: bool = Fa
     return json.loads(json.dumps(metrics, default=T.json_default))
 
 
-def _init_worker(threads: int):
+_RUNNING = False          # in a pool worker: True while :func:`execute` trains a run
+
+
+def _interrupt_once(signum, frame):
+    """SIGINT / SIGTERM in a pool worker: one KeyboardInterrupt (``train.run`` records the run
+    as interrupted); later signals are ignored so they cannot cut that record short."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
+def _watch_parent(parent: int, period: float = 1.0, grace: float = 30.0):
+    """A pool worker's daemon thread: when the sweep process that spawned it is gone (the
+    worker's parent pid changes), stop the run in progress as SIGTERM would, or exit at once
+    when idle; give up waiting after ``grace`` seconds."""
+    import signal
+    while os.getppid() == parent:
+        time.sleep(period)
+    if _RUNNING:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace)
+    os._exit(1)
+
+
+def _init_worker(threads: int, parent: int | None = None):
+    import signal
+    import threading
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _interrupt_once)
+        signal.signal(signal.SIGTERM, _interrupt_once)
+    if parent is not None:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     try:
         from threadpoolctl import threadpool_limits
         threadpool_limits(limits=int(threads))
@@ -444,7 +491,7 @@ class LocalPool:
 
         self.workers, self.threads = workers, threads
         self.pool = ProcessPoolExecutor(max_workers=workers, initializer=_init_worker,
-                                        initargs=(threads,),
+                                        initargs=(threads, os.getpid()),
                                         mp_context=multiprocessing.get_context("spawn"))
 
     def describe(self) -> str:
@@ -458,7 +505,23 @@ class LocalPool:
         return as_completed(futures)
 
     def close(self, cancel=False):
-        self.pool.shutdown(wait=not cancel, cancel_futures=cancel)
+        """Shut the pool down; ``cancel``: drop the queued runs and stop the running ones
+        (SIGTERM to each worker: it records its run as interrupted, see :func:`_interrupt_once`)
+        and wait for the workers to exit."""
+        if cancel:
+            import signal
+            procs = list((getattr(self.pool, "_processes", None) or {}).values())
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                if p.is_alive():
+                    try:
+                        os.kill(p.pid, signal.SIGTERM)
+                    except OSError:  # pragma: no cover  (exited meanwhile)
+                        pass
+            for p in procs:
+                p.join(timeout=60)
+            return
+        self.pool.shutdown(wait=True)
 
 
 class DaskExecutor:
