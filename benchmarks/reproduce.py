@@ -385,11 +385,12 @@ def protocol_lines(data: str, specs: Path = SPECS, root: Path = ROOT) -> tuple:
     return lines + [""], seconds
 
 
-def fig7_grid(specs: Path = SPECS):
-    """(ours: 6×5 array of test accuracy %, NaN where not run yet; seconds of the runs)."""
+def fig7_grid(specs: Path = SPECS, name: str = "fig7_mnist"):
+    """(ours: 6×5 array of test accuracy %, NaN where not run yet; seconds of the runs), from
+    the sweep ``<specs>/<name>.toml``."""
     from ccledu.sweep import read_metrics
 
-    sw = _sweep("fig7_mnist", specs=specs)
+    sw = _sweep(name, specs=specs)
     ours = np.full((len(FIG7_FEEDBACK), len(FIG7_FORWARD)), np.nan)
     secs = []
     for r in sw.runs.values():
@@ -471,50 +472,39 @@ def fig7_lines(specs: Path = SPECS, out: Path = PROTOCOL) -> tuple:
                   f"feedback 0.05 (98.15 %)."
                   + ("" if have[:, -1].all() else " The largest forward rate's column is not complete."),
                   ""]
-    lines += fig7_batch128_lines(ours, specs)
+    lines += fig7_batch128_lines(ours, specs, out)
     return lines, secs
 
 
-def fig7_batch128_lines(ours, specs: Path = SPECS) -> list:
-    """The batch-128 check of one Fig. 7 row (``fig7_mnist_batch128.toml``, feedback LR 0.05)
-    beside the paper's row and the batch-256 cells (``ours``, from :func:`fig7_grid`)."""
-    from ccledu.sweep import read_metrics
-
-    path = Path(specs) / "fig7_mnist_batch128.toml"
-    if not path.exists():
+def fig7_batch128_lines(ours, specs: Path = SPECS, out: Path = PROTOCOL) -> list:
+    """Fig. 7 at batch 128 (``fig7_mnist_batch128.toml``) beside the paper's and the batch-256
+    grid (``ours``, from :func:`fig7_grid`): its grid, its difference, and both grids' mean
+    distance to the paper on the cells both have run."""
+    if not (Path(specs) / "fig7_mnist_batch128.toml").exists():
         return []
-    sw = _sweep("fig7_mnist_batch128", specs=specs)
-    fb = float(sw.spec["base"]["lr_feedback"])
-    i = FIG7_FEEDBACK.index(fb)
-    b128 = {}
-    for r in sw.runs.values():
-        m = read_metrics(r.dir)
-        if m and "test_accuracy" in m:
-            b128[float(r.point["lr_forward"])] = 100 * m["test_accuracy"]
-    paper = np.array(FIG7_PAPER)[i]
-    fmt = lambda v: "—" if v is None or not np.isfinite(v) else f"{v:.2f}"
-    lines = [f"### Batch 128: one row of the figure (feedback LR {fb:g})", "",
+    b128, _ = fig7_grid(specs, name="fig7_mnist_batch128")
+    paper = np.array(FIG7_PAPER)
+    have = np.isfinite(b128)
+    plot_fig7(b128, paper, Path(out) / "fig7_mnist_batch128.png")
+    lines = ["### Fig. 7 at batch 128", "",
              "The paper does not state Fig. 7's batch size. At the low forward rates our batch-256 "
-             "cells are still learning at epoch 100 and one batch halving gives exactly the "
-             "progress of one rate doubling (benchmarks/results/protocol/NOTES.md, session 17), "
-             "so this row was rerun at batch 128 (`ccledu sweep "
-             "benchmarks/sweeps/fig7_mnist_batch128.toml`; seed 0, the Fig. 7 settings otherwise).",
-             "", "| forward LR | " + " | ".join(str(v) for v in FIG7_FORWARD) + " |",
-             "|---|" + "---|" * len(FIG7_FORWARD),
-             "| batch 128 | " + " | ".join(fmt(b128.get(v)) for v in FIG7_FORWARD) + " |",
-             "| batch 256 (the grid above) | " + " | ".join(fmt(v) for v in ours[i]) + " |",
-             "| paper | " + " | ".join(fmt(v) for v in paper) + " |",
-             "| batch 128 − paper | " + " | ".join(
-                 "—" if v not in b128 else f"{b128[v] - paper[j]:+.2f}"
-                 for j, v in enumerate(FIG7_FORWARD)) + " |", ""]
-    done = [j for j, v in enumerate(FIG7_FORWARD) if v in b128]
-    if done:
-        d128 = np.mean([abs(b128[FIG7_FORWARD[j]] - paper[j]) for j in done])
-        both = [j for j in done if np.isfinite(ours[i, j])]
-        d256 = np.mean([abs(ours[i, j] - paper[j]) for j in both]) if both else float("nan")
-        lines += [f"- Mean |ccledu − paper| on this row: {d128:.2f} points at batch 128 "
-                  f"({len(done)} cells); at batch 256 {fmt(d256)} points "
-                  f"({len(both)} cells run).", ""]
+             "cells are still learning at epoch 100, and halving the batch gives exactly the "
+             "progress of doubling the rate (benchmarks/results/protocol/NOTES.md, session 17), so "
+             "the figure is rerun at batch 128, the feedback-LR-0.05 row first (`ccledu sweep "
+             "benchmarks/sweeps/fig7_mnist_batch128.toml`; seed 0, the Fig. 7 settings otherwise). "
+             f"{int(have.sum())} of {b128.size} cells run.", "",
+             "![Fig. 7 at batch 128](fig7_mnist_batch128.png)", "",
+             "ccledu at batch 128:", ""] + _grid_md(b128) + \
+            ["", "ccledu at batch 128 − paper (points):", ""] + _grid_md(b128 - paper, "{:+.2f}") + [""]
+    if have.any():
+        both = have & np.isfinite(ours)
+        d128 = np.abs(b128 - paper)[have]
+        lines += [f"- Mean |ccledu − paper| at batch 128: {d128.mean():.2f} points over its "
+                  f"{int(have.sum())} cells (largest {d128.max():.2f})"
+                  + (f"; on the {int(both.sum())} cells run at both batch sizes: "
+                     f"{np.abs(b128 - paper)[both].mean():.2f} at batch 128 against "
+                     f"{np.abs(ours - paper)[both].mean():.2f} at batch 256" if both.any() else "")
+                  + ".", ""]
     return lines
 
 
