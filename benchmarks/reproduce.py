@@ -404,16 +404,16 @@ def fig7_grid(specs: Path = SPECS, name: str = "fig7_mnist"):
     return ours, secs
 
 
-def plot_fig7(ours, paper, path: Path):
+def plot_fig7(ours, paper, path: Path, label: str = "ccledu"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     lo = np.nanmin([np.nanmin(paper), np.nanmin(ours) if np.isfinite(ours).any() else 100])
-    panels = [("ccledu (test accuracy %)", ours, "viridis", (lo, 98.5)),
+    panels = [(f"{label} (test accuracy %)", ours, "viridis", (lo, 98.5)),
               ("paper Fig. 7 (as read)", paper, "viridis", (lo, 98.5)),
-              ("ccledu − paper (points)", ours - paper, "RdBu", (-1.5, 1.5))]
+              (f"{label} − paper (points)", ours - paper, "RdBu", (-1.5, 1.5))]
     for ax, (title, grid, cmap, (vmin, vmax)) in zip(axes, panels):
         im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax)
         for i in range(grid.shape[0]):
@@ -485,7 +485,7 @@ def fig7_batch128_lines(ours, specs: Path = SPECS, out: Path = PROTOCOL) -> list
     b128, _ = fig7_grid(specs, name="fig7_mnist_batch128")
     paper = np.array(FIG7_PAPER)
     have = np.isfinite(b128)
-    plot_fig7(b128, paper, Path(out) / "fig7_mnist_batch128.png")
+    plot_fig7(b128, paper, Path(out) / "fig7_mnist_batch128.png", "ccledu, batch 128")
     lines = ["### Fig. 7 at batch 128", "",
              "The paper does not state Fig. 7's batch size. At the low forward rates our batch-256 "
              "cells are still learning at epoch 100, and halving the batch gives exactly the "
