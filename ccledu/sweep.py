@@ -524,6 +524,35 @@ class LocalPool:
         self.pool.shutdown(wait=True)
 
 
+def local_cluster_environment():
+    """A context for starting a Dask ``LocalCluster`` whose workers run in this process's own
+    environment, as the local pool's do, and which leaves that environment as it found it.
+
+    Dask's nanny writes its ``distributed.nanny.pre-spawn-environ`` settings (glibc's
+    ``MALLOC_TRIM_THRESHOLD_``, the BLAS thread variables) into the *parent's* ``os.environ``
+    and leaves them there, so every process started later inherits them. That is not harmless
+    here: measured on an AMD EPYC without AVX-512 (NumPy dispatching X86_V3), the same tiny
+    float32 run gives a validation loss of 1.492165132002397 in a fresh process and
+    1.4921653053977273 with ``MALLOC_TRIM_THRESHOLD_=65536`` (the allocator places the arrays
+    differently, and NumPy's SIMD sums depend on where an array starts). ccledu sets the BLAS
+    threads itself (``threadpoolctl``), so the nanny's settings are switched off and the
+    environment restored."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        import dask
+        saved = dict(os.environ)
+        try:
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+                yield
+        finally:
+            for k in set(os.environ) - set(saved):
+                del os.environ[k]
+            os.environ.update(saved)
+    return ctx()
+
+
 class DaskExecutor:
     """Runs go to a Dask distributed scheduler (``address``), or to a new ``LocalCluster`` of
     ``workers`` processes with one thread each when ``address == "local"``."""
@@ -536,8 +565,9 @@ class DaskExecutor:
                                "(or pip install 'dask[distributed]')") from None
         self.threads, self.cluster = threads, None
         if address == "local":
-            self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                        dashboard_address=None)
+            with local_cluster_environment():
+                self.cluster = LocalCluster(n_workers=workers, threads_per_worker=1,
+                                            processes=True, dashboard_address=None)
             self.client = Client(self.cluster)
         else:
             try:

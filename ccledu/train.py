@@ -83,7 +83,7 @@ class TrainConfig:
            loss and time. Evaluation never changes the training trajectory (the weights after
            every epoch are those of k = 1; only the chosen checkpoint may differ); use it where
            evaluation costs as much as training (FF's
-           candidate-label passes, 1000 full-batch steps). May change on ``--resume``.
+           candidate-label passes, 2 x 1000 full-batch steps). May change on ``--resume``.
     inputs: 'normalized' (default: x̂ = (x/255 − μ)/σ with the dataset's constants) | 'pixels'
            (x/255 in [0, 1], torchvision's bare ``ToTensor``, as loeweX/Forward-Forward feeds
            its network; computed as x̂·σ + μ, equal to x/255 within float rounding)

@@ -56,8 +56,10 @@ def test_ch9_ranking_sentence_matches_the_run(ch9):
     acc = c["test_accuracy"]
     assert c["order"] == sorted(acc, key=lambda r: -acc[r])
     assert all(a > 0.3 for a in acc.values()), acc            # every rule learns in quick mode
-    # the quick settings reproduce the full run's early ranking: BP ahead of DFA (and of CCL)
-    assert acc["bp"] > acc["dfa"] and acc["bp"] > acc["ccl"], acc
+    # The quick run's order is not asserted: its four accuracies lie within 2 points of each
+    # other, and float32 rounding alone reorders them (an AMD EPYC with AVX-512: BP first; one
+    # without, NumPy on X86_V3: fa 86.0, dfa 85.2, ccl 84.6, bp 84.2 %). What must hold is that
+    # the chapter's sentence says whichever order the run gave:
     bp_leads = c["order"][0] == "bp"
     assert ("BP is ahead of every other rule" in text) == bp_leads, text
     assert ("BP is *not* ahead" in text) == (not bp_leads), text

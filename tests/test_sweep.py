@@ -93,8 +93,13 @@ def test_dask_cluster_gives_identical_runs(pool_sweep, tmp_path):
     from distributed import LocalCluster
 
     pool_root, _, _ = pool_sweep
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster:
+    # In Dask's default environment (the nanny's MALLOC_TRIM_THRESHOLD_) float32 sums can differ
+    # in the last bits from the pool's on some CPUs (S.local_cluster_environment says why), so
+    # the cluster is started the way `--scheduler local` starts its own: same environment.
+    with S.local_cluster_environment():
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+    with cluster:
         sweep, report = S.run_sweep(tiny_spec(tmp_path), scheduler=cluster.scheduler_address,
                                     threads=1, progress=False, log=lambda *a: None)
     assert report["ran"] == 5
