@@ -61,6 +61,7 @@ selection), ``selection.json``; they are rewritten after every finished run.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -524,6 +525,7 @@ class LocalPool:
         self.pool.shutdown(wait=True)
 
 
+@contextlib.contextmanager
 def local_cluster_environment():
     """A context for starting a Dask ``LocalCluster`` whose workers run in this process's own
     environment, as the local pool's do, and which leaves that environment as it found it.
@@ -533,24 +535,19 @@ def local_cluster_environment():
     and leaves them there, so every process started later inherits them. That is not harmless
     here: measured on an AMD EPYC without AVX-512 (NumPy dispatching X86_V3), the same tiny
     float32 run gives a validation loss of 1.492165132002397 in a fresh process and
-    1.4921653053977273 with ``MALLOC_TRIM_THRESHOLD_=65536`` (the allocator places the arrays
-    differently, and NumPy's SIMD sums depend on where an array starts). ccledu sets the BLAS
-    threads itself (``threadpoolctl``), so the nanny's settings are switched off and the
-    environment restored."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def ctx():
-        import dask
-        saved = dict(os.environ)
-        try:
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
-                yield
-        finally:
-            for k in set(os.environ) - set(saved):
-                del os.environ[k]
-            os.environ.update(saved)
-    return ctx()
+    1.4921653053977273 with ``MALLOC_TRIM_THRESHOLD_=65536`` alone changed (the allocator then
+    places arrays differently; which float32 operation is sensitive to that was not isolated).
+    ccledu sets the BLAS threads itself (``threadpoolctl``), so the nanny's settings are switched
+    off and the environment restored."""
+    import dask
+    saved = dict(os.environ)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+            yield
+    finally:
+        for k in set(os.environ) - set(saved):
+            del os.environ[k]
+        os.environ.update(saved)
 
 
 class DaskExecutor:

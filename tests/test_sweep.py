@@ -93,7 +93,7 @@ def test_dask_cluster_gives_identical_runs(pool_sweep, tmp_path):
     from distributed import LocalCluster
 
     pool_root, _, _ = pool_sweep
-    # In Dask's default environment (the nanny's MALLOC_TRIM_THRESHOLD_) float32 sums can differ
+    # In Dask's default environment (the nanny's MALLOC_TRIM_THRESHOLD_) float32 results can differ
     # in the last bits from the pool's on some CPUs (S.local_cluster_environment says why), so
     # the cluster is started the way `--scheduler local` starts its own: same environment.
     with S.local_cluster_environment():
