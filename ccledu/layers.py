@@ -215,8 +215,10 @@ class MaxPool2d(Layer):
     as PyTorch's floor mode does).
 
     Shapes: x (N, C, H, W) -> y (N, C, H//k, W//k).
-    Forward: a loop over the k² taps of the window, like im2col's: tap t = (i, j) (row-major,
-    t = i·k + j) is the strided slice x[:, :, i::k, j::k], and y is their running maximum.
+    Forward: the window's taps are strided slices, like im2col's: tap t = (i, j) (row-major,
+    t = i·k + j) is x[:, :, i::k, j::k], and y is their maximum. It is taken in two passes, over
+    the k column taps of every row (x[:, :, :, j::k]), then over the k row taps of that result:
+    2k strided passes instead of k², the second over contiguous rows (same values).
     Backward: each window's gradient goes to the one position that holds the maximum — the first
     tap (row-major) whose value equals y, so a tie goes to the first position — zeros elsewhere.
     The forward pass caches x and y, not the position of the maximum: forward-only passes (e.g.
@@ -242,10 +244,17 @@ class MaxPool2d(Layer):
         y = xp.empty_like(x[:, :, 0:oh * k:k, 0:ow * k:k])        # in x's memory layout
 
         def taps(x, y):                                            # fills y in place
-            y[...] = x[:, :, 0:oh * k:k, 0:ow * k:k]               # tap (0, 0)
-            for t in range(1, k * k):
-                i, j = divmod(t, k)
-                xp.maximum(y, x[:, :, i:oh * k:k, j:ow * k:k], out=y)
+            # the window maximum is separable: first over the k column taps of every row
+            # (strided reads), then over the k row taps of that result (contiguous rows)
+            rows = x[:, :, 0:oh * k]
+            m = rows[:, :, :, 0:ow * k:k]                          # (N, C, oh·k, ow)
+            if k > 1:
+                m = xp.maximum(m, rows[:, :, :, 1:ow * k:k])       # a new array, x's layout
+            for j in range(2, k):
+                xp.maximum(m, rows[:, :, :, j:ow * k:k], out=m)
+            y[...] = m[:, :, 0::k]
+            for i in range(1, k):
+                xp.maximum(y, m[:, :, i::k], out=y)
         # the tap loop runs on the whole arrays, or on batch/channel slices of them (cache-sized
         # blocks, or one slice per core at once): same values; chosen by measurement, see
         # ccledu.accel.run_tiles
