@@ -60,6 +60,28 @@ def test_maxpool_ties_route_to_one_position():
     assert dx.sum() == 1.0 and dx[0, 0, 0, 0] == 1.0
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("shape,k", [((3, 4, 8, 8), 2), ((2, 3, 7, 9), 2), ((2, 2, 9, 7), 3),
+                                     ((1, 1, 4, 4), 1)])
+def test_maxpool_forward_separable_equals_the_k2_tap_loop(rng, shape, k, dtype):
+    """The forward takes the maximum over column taps, then row taps; the k² tap loop in
+    row-major order is the definition. Same bits, in both memory layouts, with ties, ±0 and NaN."""
+    x = rng.integers(-3, 4, size=shape).astype(dtype)     # many ties
+    x[x == 0] = -0.0 * rng.integers(0, 2, size=int((x == 0).sum()))   # +0 and -0 mixed
+    x.flat[rng.choice(x.size, 3, replace=False)] = np.nan
+    N, C, H, W = shape
+    oh, ow = H // k, W // k
+    ref = x[:, :, 0:oh * k:k, 0:ow * k:k].copy()
+    for t in range(1, k * k):
+        i, j = divmod(t, k)
+        np.maximum(ref, x[:, :, i:oh * k:k, j:ow * k:k], out=ref)
+    for xin in (x, np.ascontiguousarray(x.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)):
+        y = MaxPool2d(k).forward(xin)
+        assert y.shape == ref.shape and y.dtype == ref.dtype
+        assert np.array_equal(y, ref, equal_nan=True), "max-pool forward: values differ"
+        assert np.array_equal(np.signbit(y), np.signbit(ref)), "max-pool forward: sign of 0 differs"
+
+
 @pytest.mark.parametrize("s", [2, 3])
 def test_upsample_backward(rng, s):
     check_layer(Upsample2d(s), rng.standard_normal((2, 3, 3, 4)), rng, params=False)
