@@ -90,7 +90,10 @@ def test_protocol_report_from_tiny_sweeps(tmp_path):
     (specs / "fig7_mnist.toml").write_text(
         'root = "../out/fig7_mnist"\nseeds = [0]\n[base]\nrule = "ccl"\n' + tiny +
         '[[groups]]\nname = "ccl"\ngrid = { lr_forward = [0.8], lr_feedback = [0.0, 0.05] }\n')
-    for name in ("protocol_mnist", "fig7_mnist"):
+    (specs / "fig7_mnist_batch128.toml").write_text(
+        'root = "../out/fig7_mnist_batch128"\nseeds = [0]\n[base]\nrule = "ccl"\n' + tiny +
+        '[[groups]]\nname = "ccl"\ngrid = { lr_forward = [0.1], lr_feedback = [0.0] }\n')
+    for name in ("protocol_mnist", "fig7_mnist", "fig7_mnist_batch128"):
         run_sweep(load_spec(specs / f"{name}.toml"), workers=2, threads=1, progress=False,
                   log=lambda *a: None)
     out = tmp_path / "out"
@@ -113,6 +116,14 @@ def test_protocol_report_from_tiny_sweeps(tmp_path):
     assert f"| 0.05 | — | — | — | — | {cells[0.05] - 98.15:+.2f} |" in diff
     assert "2 of 30 cells run" in report and "Frozen feedback (feedback LR 0): forward 0.8:" in report
     assert (out / "fig7_mnist.png").stat().st_size > 5000
+    # the batch-128 grid: its cell, the same checks as the main grid, its cost row
+    (r128,) = Sweep(load_spec(specs / "fig7_mnist_batch128.toml")).runs.values()
+    b128 = report[report.index("ccledu at batch 128:"):report.index("ccledu at batch 128 − paper")]
+    assert f"| 0.0 | — | {100 * read_metrics(r128.dir)['test_accuracy']:.2f} | — | — | — |" in b128
+    assert "1 of 30 cells run" in report and report.count("- Frozen feedback (feedback LR 0):") == 2
+    assert "- Best cell run so far: forward LR 0.1, feedback LR 0.0" in report
+    assert "| ccl (Fig. 7, batch 128) | 1 |" in report
+    assert (out / "fig7_mnist_batch128.png").stat().st_size > 5000
     assert "| bp | 2 |" in report and "Projected cost" in report
     assert "mnist: " in report and "local process pool, 2 worker(s) × 1 BLAS thread(s), 3 run(s)" in report
 
