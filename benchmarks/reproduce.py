@@ -451,6 +451,7 @@ def fig7_claims(grid, paper) -> list:
     best = np.unravel_index(np.nanargmax(grid), grid.shape)
     zero = grid[FIG7_FEEDBACK.index(0.0)]
     done = " so far" if not have.all() else ""
+    pb = np.unravel_index(np.argmax(paper), paper.shape)        # the paper's best, both readings
     return [f"- Row order: mean |ccledu − paper| over the cells run is {d_as_read:.2f} points "
             f"with the paper's rows as read (feedback LR 0.8 at the top, 0 at the bottom) and "
             f"{d_flipped:.2f} with the rows flipped"
@@ -460,8 +461,9 @@ def fig7_claims(grid, paper) -> list:
             + (", ".join(f"forward {FIG7_FORWARD[j]}: {zero[j]:.2f} %" for j in range(len(zero))
                          if np.isfinite(zero[j])) or "not run yet") + " (chance: 10 %).",
             f"- Best cell run{done}: forward LR {FIG7_FORWARD[best[1]]}, feedback LR "
-            f"{FIG7_FEEDBACK[best[0]]} ({grid[best]:.2f} %); the paper's best: forward 0.8, "
-            f"feedback 0.05 (98.15 %)."
+            f"{FIG7_FEEDBACK[best[0]]} ({grid[best]:.2f} %); the paper's best: forward "
+            f"{FIG7_FORWARD[pb[1]]}, feedback {FIG7_FEEDBACK[pb[0]]} as read, "
+            f"{FIG7_FEEDBACK[::-1][pb[0]]} with the rows flipped ({paper[pb]:.2f} %)."
             + ("" if have[:, -1].all() else " The largest forward rate's column is not complete."),
             ""]
 

@@ -67,7 +67,8 @@ def test_maxpool_forward_separable_equals_the_k2_tap_loop(rng, shape, k, dtype):
     """The forward takes the maximum over column taps, then row taps; the k² tap loop in
     row-major order is the definition. Same bits, in both memory layouts, with ties, ±0 and NaN."""
     x = rng.integers(-3, 4, size=shape).astype(dtype)     # many ties
-    x[x == 0] = -0.0 * rng.integers(0, 2, size=int((x == 0).sum()))   # +0 and -0 mixed
+    zeros = x == 0
+    x[zeros] = np.where(np.arange(int(zeros.sum())) % 2 == 1, -0.0, 0.0)   # +0 and -0 in turn
     x.flat[rng.choice(x.size, 3, replace=False)] = np.nan
     N, C, H, W = shape
     oh, ow = H // k, W // k
