@@ -143,3 +143,31 @@ def test_profile_step_wraps_every_kernel_it_names(tmp_path):
     assert rows["ccl"]["categories_s"]["rule"] > 0 and rows["ff"]["categories_s"]["rule"] > 0
     assert rows["bp"]["categories_s"]["rule"] == 0
     assert "| mlp | ff |" in out.read_text()
+
+
+def test_layer_parts_compares_equal_work(tmp_path):
+    """Every ccledu piece of the layer-by-layer comparison computes what its PyTorch
+    counterpart computes (float32 tolerance), and the script writes its table."""
+    torch = pytest.importorskip("torch")
+    sys.path.insert(0, str(BENCH))
+    import layer_parts
+    import numpy as np
+
+    def items(r):
+        r = r if isinstance(r, tuple) else (r,)
+        return [np.asarray(v.numpy() if isinstance(v, torch.Tensor) else v) for v in r if v is not None]
+
+    pairs = [(n, fc, ft) for n, fc, ft in layer_parts.pieces() if ft is not None]
+    assert len(pairs) == 12
+    with torch.no_grad():
+        for name, fc, ft in pairs:
+            mine, ref = items(fc()), items(ft())
+            assert mine and len(mine) <= len(ref), name
+            for a, b in zip(mine, ref):
+                assert a.shape == b.shape, f"{name}: mine {a.shape} vs reference {b.shape}"
+                # float32 sums of up to 10^5 terms (dW): relative to the largest entry
+                err, scale = float(np.abs(a - b).max()), float(np.abs(b).max())
+                assert err <= 1e-5 * scale + 1e-6, f"{name}: mine vs reference differ by {err:.3g} (max |ref| {scale:.3g})"
+    _run(BENCH / "layer_parts.py", "--reps", "1", "--rounds", "1", "--out", tmp_path)
+    md = (tmp_path / "layer_parts_cpu.md").read_text()
+    assert "| conv2 32→64 @14×14: forward |" in md and "sum of the compared pieces" in md
