@@ -171,3 +171,17 @@ def test_layer_parts_compares_equal_work(tmp_path):
     _run(BENCH / "layer_parts.py", "--reps", "1", "--rounds", "1", "--out", tmp_path)
     md = (tmp_path / "layer_parts_cpu.md").read_text()
     assert "| conv2 32→64 @14×14: forward |" in md and "sum of the compared pieces" in md
+
+
+def test_implicit_conv_experiment_matches_conv2d():
+    """The tried-and-not-adopted padded-grid convolution computes what Conv2d computes (y, dW,
+    dx): float64 to rounding on odd shapes (kernel 5, padding 2, H ≠ W; kernel 3 without
+    padding), float32 through BLAS's in-place accumulation to float32 tolerance; the script
+    prints its timing table."""
+    sys.path.insert(0, str(BENCH))
+    import implicit_conv
+    assert implicit_conv.check(N=3, C=2, H=7, W=5, F=4, k=5, p=2, dtype="float64") < 1e-13
+    assert implicit_conv.check(N=2, C=3, H=6, W=6, F=2, k=3, p=0, dtype="float64") < 1e-13
+    assert implicit_conv.check(N=4, C=8, H=9, W=9, F=6) < 1e-5
+    out = _run(BENCH / "implicit_conv.py", "--reps", "1", "--rounds", "1")
+    assert "| forward |" in out and "| backward (dW, dx) |" in out
