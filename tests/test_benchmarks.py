@@ -185,3 +185,14 @@ def test_implicit_conv_experiment_matches_conv2d():
     assert implicit_conv.check(N=4, C=8, H=9, W=9, F=6) < 1e-5
     out = _run(BENCH / "implicit_conv.py", "--reps", "1", "--rounds", "1")
     assert "| forward |" in out and "| backward (dW, dx) |" in out
+
+
+def test_blas_coretypes_reports_every_shape():
+    """The OpenBLAS kernel-set script times every shape it names (ms and GFLOP/s > 0)."""
+    out = _run(BENCH / "blas_coretypes.py").strip()
+    parts = out.split(" ", 1)[1].split(" | ")
+    assert len(parts) == 7 and out.startswith(os.environ.get("OPENBLAS_CORETYPE") or "auto")
+    for part in parts:
+        name, rest = part.split(": ")
+        ms, _, gf, _ = rest.split()
+        assert float(ms) > 0 and float(gf) > 0, part
