@@ -92,10 +92,14 @@ PEERS: dict = {
                 "loss": "threshold", "theta": 2.0, "theta_mode": "fixed", "goodness": "mean",
                 "loss_mean": "rows", "norm": "l2", "norm_eps": 1e-4, "label_value": 0.0,
                 "label_max": "batch", "predict": "goodness", "ff_layers": "all",
-                "negatives": "uniform", "schedule": "layerwise",
+                "negatives": "permuted_once", "schedule": "layerwise",
             },
         },
         "reproduces": {
+            "negatives": "main.py: x_neg = overlay_y_on_x(x, y[torch.randperm(x.size(0))]), made "
+                         "once before training and used by both layers: one permutation of the "
+                         "labels of the one full batch (about 10 % of the rows get their own "
+                         "label); the batch is the whole training set, unshuffled",
             "schedule": "Net.train: layer 0 for num_epochs = 1000 full-batch steps, then layer 1 "
                         "for 1000 on layer 0's frozen output (epochs 2000 = 2 x 1000; each "
                         "layer's Adam starts at its first step, as the peer's per-layer Adam)",
@@ -116,11 +120,7 @@ PEERS: dict = {
         },
         "differs": [
             "the peer computes layer 0's output once and trains layer 1 on that fixed tensor; "
-            "ccledu recomputes it at each step from the frozen layer 0 (the same values, and "
-            "the negatives are redrawn, see the next line)",
-            "negatives: the peer permutes the batch's labels (y[randperm]) once, so its "
-            "negatives are fixed for the whole run and ~10 % of them carry the true label; "
-            "ccledu draws a wrong label uniformly at every step",
+            "ccledu recomputes it at each step from the frozen layer 0 (the same values)",
             "the peer takes the first 50000 images of a shuffled training set; ccledu the "
             "split of its seed (50000 train / 10000 validation)",
         ],

@@ -704,9 +704,10 @@ def fit(model, rule, optimizer, train, val, *, epochs: int, batch_size: int, see
     xp = get_array_module(*model.parameters().values())
     steps_per_epoch = math.ceil(len(y_tr) / batch_size)
     bound = math.inf if reference_loss is None else divergence_bound(reference_loss)
+    shuffle = rule.shuffle_batches(batch_size, len(y_tr))
     for epoch in range(start_epoch, epochs + 1):
         rule.begin_epoch(epoch, epochs)
-        it = batches(x_tr, y_tr, batch_size, shuffle=True, rng=g, augment=augment)
+        it = batches(x_tr, y_tr, batch_size, shuffle=shuffle, rng=g, augment=augment)
         bar = None
         if progress and tqdm is not None:
             bar = tqdm(total=steps_per_epoch, desc=f"{desc}epoch {epoch}/{epochs}", leave=False,
@@ -929,6 +930,7 @@ def _run_locked(config, info, rundir, state, ck_arrays, progress, on_epoch, t_st
         rule.setup(model, seed=config.seed)
         train, val, test = load_splits(config, model.input_shape, pixels=model.pixels)
         optimizer = build_optimizer(config, model, rule)
+        rule.shuffle_batches(config.batch_size, len(train[1]))   # a bad batch size fails here
         augment = None
         if config.augment:
             from .data import cifar_augment

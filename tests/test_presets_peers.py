@@ -310,6 +310,57 @@ def test_mpezeshki_layerwise_schedule_matches_the_peers_greedy_training():
     assert rel(weights(m2)[1][0], Ws[1][0]) > 1e-6
 
 
+def test_mpezeshki_negatives_are_one_permutation_for_the_whole_run():
+    """negatives='permuted_once' (main.py: x_neg = overlay_y_on_x(x, y[randperm]), made once):
+    the first step draws y[π]; every later step, in both layers' phases, reuses it, and the
+    gradients are those of the peer's equations with those negatives."""
+    rng = np.random.default_rng(3)
+    model = ff_model("mlp:40-16-12-10")
+    rule = preset_rule("mpezeshki", "ff").setup(model, seed=5)
+    assert rule.negatives == "permuted_once"
+    x, y, _ = mnist_like(rng, 60)
+    negs = []
+    for epoch in range(1, 5):
+        rule.begin_epoch(epoch, 4)
+        Ws = weights(model)
+        res = rule.step(model, x, y)                 # draws (epoch 1) or reuses the negatives
+        negs.append(np.array(rule.y_neg))
+        ref = mpezeshki_reference(Ws, x, y, negs[-1])
+        for k in res.grads:
+            if k in ref:
+                assert rel(res.grads[k], ref[k]) < TOL, (epoch, k)
+        for k, g in res.grads.items():               # a plain SGD step, so the weights move
+            p = model.parameters()[k]
+            p -= 0.05 * g
+    assert all(np.array_equal(n, negs[0]) for n in negs)
+    np.testing.assert_array_equal(np.sort(negs[0]), np.sort(y))     # a permutation of y
+    assert 0 < np.sum(negs[0] == y) < len(y)        # some rows carry their own label
+    assert not np.array_equal(negs[0], y)
+    # the same seed draws the same permutation (so --resume needs nothing stored); another does not
+    again = preset_rule("mpezeshki", "ff").setup(ff_model("mlp:40-16-12-10"), seed=5)
+    np.testing.assert_array_equal(again.draw_negatives(y, 10), negs[0])
+    other = preset_rule("mpezeshki", "ff").setup(ff_model("mlp:40-16-12-10"), seed=6)
+    assert not np.array_equal(other.draw_negatives(y, 10), negs[0])
+    # another batch is refused, and the trainer is told not to shuffle and to use one batch
+    with pytest.raises(ValueError, match="same batch"):
+        rule.draw_negatives(y[::-1].copy(), 10)
+    assert rule.shuffle_batches(60, 60) is False and rule.shuffle_batches(100, 60) is False
+    with pytest.raises(ValueError, match="--batch-size 60"):
+        rule.shuffle_batches(30, 60)
+    assert get_rule("ff").shuffle_batches(30, 60) is True
+
+
+def test_permuted_once_trains_on_one_unshuffled_batch(tmp_path):
+    """Through the trainer: the batch is the training split in its order at every step, so
+    the negatives drawn at the first step stay valid for the whole run."""
+    from ccledu.train import TrainConfig, run
+    cfg = TrainConfig(rule="ff", model="mlp:784-8-10", data="mnist", preset="mpezeshki",
+                      epochs=4, limit_train=120, limit_test=40, eval_every=2, out=str(tmp_path / "r"))
+    res = run(cfg, progress=False)
+    assert len(res["history"]) == 4
+    assert all(np.isfinite(h["train_loss"]) for h in res["history"])
+
+
 def test_ff_schedule_option_is_checked():
     with pytest.raises(ValueError, match="schedule must be one of 'together', 'layerwise'"):
         get_rule("ff", schedule="greedy")
@@ -732,7 +783,12 @@ def test_command_line(tmp_path, capsys):
     assert cli.main(["train", "--rule", "ff", "--preset", "mpezeshki", "--model",
                      "mlp:784-16-16-10", "--epochs", "1", "--limit-train", "200",
                      "--limit-test", "100", "--batch-size", "100", "--out", str(run),
-                     "--quiet"]) == 0
+                     "--quiet"]) == 2          # its negatives need one batch of all 200 ...
+    err = capsys.readouterr().err
+    assert "negatives='permuted_once'" in err and "--batch-size 200" in err and "Traceback" not in err
+    assert cli.main(["train", "--rule", "ff", "--preset", "mpezeshki", "--model",
+                     "mlp:784-16-16-10", "--epochs", "1", "--limit-train", "200",
+                     "--limit-test", "100", "--out", str(run), "--quiet"]) == 0
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["config"]["preset"] == "mpezeshki" and saved["config"]["rule_options"]["norm_eps"] == 1e-4
     capsys.readouterr()

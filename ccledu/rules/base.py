@@ -102,6 +102,13 @@ class Rule:
         ``epochs``, also on ``--resume``. Nothing by default; a rule whose step depends on
         where training stands reads it here (FF's ``schedule="layerwise"``)."""
 
+    def shuffle_batches(self, batch_size: int, n_train: int) -> bool:
+        """Whether the trainer visits the ``n_train`` training examples in a new random order
+        every epoch (True by default). A rule whose step needs the very same batch at every
+        step returns False, and raises ValueError, saying how to fix it, when ``batch_size``
+        cannot give it that (FF's ``negatives="permuted_once"``). Called before training."""
+        return True
+
     def step(self, model, x, y) -> StepResult:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -138,8 +138,12 @@ class FF(Rule):
                                   "'all' or 'skip_first'"),
         "label_value": (float, 0.0, "value written for the label in the overlay; <= 0 means "
                                     "each sample's own maximum input value", Range(float)),
-        "negatives": (str, "uniform", "wrong labels drawn 'uniform'ly, or 'hard': in proportion "
-                                      "to the softmax head's probabilities"),
+        "negatives": (str, "uniform", "wrong labels drawn 'uniform'ly at every step, 'hard': in "
+                                      "proportion to the softmax head's probabilities, or "
+                                      "'permuted_once': the training labels permuted once, "
+                                      "y[perm], kept for the whole run (about 1/C of them the "
+                                      "true label; mpezeshki); needs the whole training set as "
+                                      "one batch"),
         "loss": (str, "threshold", "'threshold': softplus(θ − g⁺) + softplus(g⁻ − θ); 'margin': "
                                    "softplus(−α (g⁺ − g⁻)), the pair's goodness difference (the "
                                    "trainer's default for an MLP on MNIST: 'margin', α = 10)"),
@@ -218,9 +222,10 @@ class FF(Rule):
             raise ValueError(f"predict must be 'goodness' or 'softmax', got {predict!r}")
         if ff_layers not in ("all", "skip_first"):
             raise ValueError(f"ff_layers must be 'all' or 'skip_first', got {ff_layers!r}")
-        if negatives not in ("uniform", "hard"):
-            raise ValueError(f"negatives must be 'uniform' or 'hard', got {negatives!r}")
+        if negatives not in ("uniform", "hard", "permuted_once"):
+            raise ValueError(f"negatives must be 'uniform', 'hard' or 'permuted_once', got {negatives!r}")
         self.negatives = negatives
+        self._once = None                        # negatives="permuted_once": (labels, their negatives)
         if cnn_overlay not in ("grating", "row"):
             raise ValueError(f"cnn_overlay must be 'grating' or 'row', got {cnn_overlay!r}")
         self.cnn_overlay = cnn_overlay
@@ -264,8 +269,11 @@ class FF(Rule):
             "cnn_overlay": self.cnn_overlay,
             "loss_form": self.loss,
             "alpha": self.alpha,
-            "negatives": ("uniform over the C-1 wrong labels" if self.negatives == "uniform"
-                          else "hard: drawn in proportion to the head's softmax, true label excluded"),
+            "negatives": {"uniform": "uniform over the C-1 wrong labels, redrawn every step",
+                          "hard": "hard: drawn in proportion to the head's softmax, true label excluded",
+                          "permuted_once": "permuted_once: y[perm], one permutation of the batch's "
+                                           "labels drawn at the first step and kept (the batch must "
+                                           "be the same at every step)"}[self.negatives],
             "head": "last block: cross-entropy on the normalised last hidden output, neutral label",
             "eval_loss": "expected FF loss over negatives (summed over hidden blocks) + head CE",
         }
@@ -276,6 +284,7 @@ class FF(Rule):
         self._rng = make_rng([int(seed), 0xFF]) if not isinstance(seed, np.random.Generator) \
             else seed
         self._C = model.num_classes
+        self._once = None
         xp_like = model.blocks[0].main.params["weight"]
         hidden = self.hidden_blocks(model)
         self._hidden, self.phase = len(hidden), 0
@@ -347,18 +356,51 @@ class FF(Rule):
             return list(range(1, n))
         return list(range(n))
 
+    def shuffle_batches(self, batch_size: int, n_train: int) -> bool:
+        """negatives="permuted_once" pairs every training image with one negative label for the
+        whole run, so the trainer must hand over the same batch, in the same order, at every
+        step: the whole training set, unshuffled."""
+        if self.negatives != "permuted_once":
+            return True
+        if int(batch_size) < int(n_train):
+            raise ValueError(
+                f"negatives='permuted_once' keeps one negative label per training image for the "
+                f"whole run (mpezeshki's y[randperm], drawn once), so the whole training set must "
+                f"be one batch: batch_size is {batch_size} but there are {n_train} training "
+                f"examples. Set --batch-size {n_train} (or more), or choose negatives='uniform'.")
+        return False
+
+    def permuted_once(self, yh):
+        """y[perm] for one permutation drawn, at the first call, from a generator of its own
+        (seeded by the run's seed: the same after ``--resume``); later calls must pass the same
+        labels and get the same negatives."""
+        if self._once is None:
+            g = make_rng([int(self.seed) if not isinstance(self.seed, np.random.Generator) else 0,
+                          0xFF, 2])
+            self._once = (yh.copy(), yh[g.permutation(len(yh))])
+        elif self._once[0].shape != yh.shape or not np.array_equal(self._once[0], yh):
+            raise ValueError(
+                "negatives='permuted_once' drew its negatives for another batch: it needs the "
+                "same batch (the whole training set, in the same order) at every step; train "
+                "with one full batch, or choose negatives='uniform'")
+        return self._once[1]
+
     def draw_negatives(self, y, num_classes=None, probs=None):
         """Wrong labels from the rule's host generator, as an int64 array on y's device.
 
         Uniform (``probs`` None): y_neg = (y + k) mod C with k ~ U{1, …, C−1}.
         Hard (``probs`` (N, C) given, e.g. the head's softmax): P(y_neg = c) ∝ probs[n, c] for
-        c ≠ y_n (uniform over the wrong labels when they all have probability 0)."""
+        c ≠ y_n (uniform over the wrong labels when they all have probability 0).
+        Permuted once (``negatives="permuted_once"``): y_neg = y[π], one permutation π for the
+        whole run (:meth:`permuted_once`); y_neg = y for about 1/C of the rows."""
         if self._rng is None:
             self._rng = make_rng([0, 0xFF])
         C = int(num_classes or self._C)
         if C < 2:
             raise ValueError("negative labels need at least 2 classes")
         yh = to_numpy(y).astype(np.int64)
+        if self.negatives == "permuted_once":
+            return asarray_like(self.permuted_once(yh), y, dtype=np.int64)
         if probs is None:
             k = self._rng.integers(1, C, size=yh.shape)
             return asarray_like((yh + k) % C, y, dtype=np.int64)
