@@ -25,6 +25,7 @@ ALLOWED = {"random", "dtype", "prod", "floating", "integer", "ndarray", "float32
 #: functions that run on the host by design (documented in their docstrings)
 HOST_FUNCTIONS = {
     ("rules/ff.py", "draw_negatives"),  # negative labels drawn on the host from the seed
+    ("rules/ff.py", "permuted_once"),   # the same, drawn once; host labels compared
     ("rules/ff.py", "gratings"),       # a constant label pattern, built once and cached
     ("rules/ff.py", "diagnostics"),    # per-epoch host summaries
     ("rules/ff.py", "__init__"),       # option checks on Python floats
