@@ -16,8 +16,8 @@ operation that does the same work, in alternating blocks (``speed.time_pair``):
   backward (what autograd runs in training);
 * ELU forward and backward (``Activation``) against ``F.elu`` and ``aten.elu_backward``.
 
-The pieces run on the tensors of one real forward pass (ccledu's channel-major layout for
-ccledu, PyTorch's NCHW for PyTorch). Their sum is not the step time (the loss, the flatten +
+The pieces run on the tensors of one real forward pass (for ccledu in its layers' memory layout,
+batch-last by default, ``ccledu.accel.conv_layout``; PyTorch's NCHW for PyTorch). Their sum is not the step time (the loss, the flatten +
 linear head and the optimiser are left out, and a piece timed alone finds warmer caches), but
 the per-piece ratios show which operations keep the step's ratio below 1.
 """
@@ -37,11 +37,31 @@ sys.path.insert(0, str(HERE))
 
 from speed import command_line, cpu_kind, machine_info, time_pair  # noqa: E402
 
-from ccledu.im2col import col2im, im2col  # noqa: E402
+from ccledu.accel import conv_layout  # noqa: E402
+from ccledu.im2col import col2im_taps, im2col_taps  # noqa: E402
 from ccledu.layers import Activation, Conv2d, MaxPool2d  # noqa: E402
 
 SPEC = "cnn:1x28x28-c32-c64-10"
 N = 128
+
+
+def in_layout(a):
+    """a (N, C, H, W) stored as the layers store it (``ccledu.accel.conv_layout``)."""
+    if conv_layout() == "batch_last":
+        return np.ascontiguousarray(a.transpose(1, 2, 3, 0)).transpose(3, 0, 1, 2)
+    return np.ascontiguousarray(a.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+
+
+def as_cols_t(col, last):
+    """The tap buffer (C, k, k, N, OH, OW) as the contiguous colsᵀ that Conv2d multiplies."""
+    return (col.transpose(0, 1, 2, 4, 5, 3) if last else col).reshape(col.shape[0] * 9, -1)
+
+
+def as_taps(dcols_t, C, N, H, last):
+    """dcolsᵀ (C·9, positions) back to the tap buffer (C, 3, 3, N, H, H) (stride 1, padding 1)."""
+    if last:
+        return dcols_t.reshape(C, 3, 3, H, H, N).transpose(0, 1, 2, 5, 3, 4)
+    return dcols_t.reshape(C, 3, 3, N, H, H)
 
 
 def pieces(seed: int = 0):
@@ -69,34 +89,38 @@ def pieces(seed: int = 0):
         z = conv.forward(h_np)
         z_t = F.conv2d(h_t, W_t, padding=1)
         dz = g.standard_normal(z.shape).astype(np.float32)
-        dz_np = np.ascontiguousarray(dz.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)  # channel-major
+        dz_np = in_layout(dz)              # the layout Conv2d's output has (and dy gets)
         dz_t = torch.from_numpy(dz)
-        cols = im2col(h_np, 3, 3, 1, 1)
+        last = conv_layout() == "batch_last"
+        cols_t = as_cols_t(im2col_taps(h_np, 3, 3, 1, 1, batch_last=last), last)
         Wm = conv.params["weight"].reshape(cout, -1)
         hn, ht = h_np, h_t
         out.append((f"{tag}: forward", lambda c=conv, hn=hn: c.forward(hn),
                     lambda ht=ht, W_t=W_t: F.conv2d(ht, W_t, padding=1)))
-        out.append((f"{tag}: forward, im2col alone", lambda hn=hn: im2col(hn, 3, 3, 1, 1), None))
-        out.append((f"{tag}: forward, product alone", lambda Wm=Wm, cols=cols: Wm @ cols.T, None))
+        out.append((f"{tag}: forward, im2col alone",
+                    lambda hn=hn, last=last: im2col_taps(hn, 3, 3, 1, 1, batch_last=last), None))
+        out.append((f"{tag}: forward, product alone", lambda Wm=Wm, c=cols_t: Wm @ c, None))
         conv.forward(hn)                   # the cache backward reads
-        dY_t = dz_np.transpose(1, 0, 2, 3).reshape(cout, -1)
+        dY_t = (dz_np.transpose(1, 2, 3, 0) if last else dz_np.transpose(1, 0, 2, 3)).reshape(cout, -1)
         dcols_t = Wm.T @ dY_t
+        tap_buffer = as_taps(dcols_t, cin, hn.shape[0], H, last)
         out.append((f"{tag}: backward" + (" (dW, dx)" if need_dx else " (dW)"),
                     lambda c=conv, d=dz_np, nd=need_dx: (c.backward(d, need_dx=nd), c.grads["weight"]),
                     lambda d=dz_t, ht=ht, W_t=W_t, nd=need_dx: aten.convolution_backward(
                         d, ht, W_t, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
                         [nd, True, False])[:2]))
-        out.append((f"{tag}: backward, dW product alone", lambda d=dY_t, cols=cols: d @ cols, None))
+        out.append((f"{tag}: backward, dW product alone", lambda d=dY_t, c=cols_t: d @ c.T, None))
         if need_dx:
             out.append((f"{tag}: backward, dcols product alone",
                         lambda Wm=Wm, d=dY_t: Wm.T @ d, None))
             out.append((f"{tag}: backward, col2im alone",
-                        lambda dc=dcols_t, s=hn.shape: col2im(dc.T, s, 3, 3, 1, 1), None))
+                        lambda t=tap_buffer, s=hn.shape, last=last:
+                        col2im_taps(t, s, 3, 3, 1, 1, batch_last=last), None))
 
         p = pool.forward(z)
         p_t, idx_t = F.max_pool2d_with_indices(z_t, 2)
         dp = g.standard_normal(p.shape).astype(np.float32)
-        dp_np = np.ascontiguousarray(dp.transpose(1, 0, 2, 3)).transpose(1, 0, 2, 3)
+        dp_np = in_layout(dp)
         dp_t = torch.from_numpy(dp)
         out.append((f"pool{l + 1} {cout}@{H}×{H}: forward", lambda pl=pool, z=z: pl.forward(z),
                     lambda z_t=z_t: F.max_pool2d_with_indices(z_t, 2)))

@@ -171,8 +171,10 @@ def instrument(prof: Profiler):
     prof.wrap(L.Linear, "backward", "linear", _rec_linear_bwd)
     prof.wrap(L.Conv2d, "forward", "conv (GEMM + layout)", _rec_conv_fwd)
     prof.wrap(L.Conv2d, "backward", "conv (GEMM + layout)", _rec_conv_bwd)
-    prof.wrap_everywhere(im2col_mod, "im2col", "im2col")
-    prof.wrap_everywhere(im2col_mod, "col2im", "col2im")
+    for fn in ("im2col", "im2col_taps"):          # Conv2d calls the tap-buffer functions
+        prof.wrap_everywhere(im2col_mod, fn, "im2col")
+    for fn in ("col2im", "col2im_taps"):
+        prof.wrap_everywhere(im2col_mod, fn, "col2im")
     for meth in ("forward", "backward"):
         prof.wrap(L.MaxPool2d, meth, "max-pool")
         prof.wrap(L.Upsample2d, meth, "upsample")

@@ -46,6 +46,19 @@ Kernels:
     (at most two blocks) always run whole. ``CCLEDU_THREADS`` sets the number of threads
     (default: the cores this process may use; 1 drops the threaded candidates).
 
+``conv_layout()``
+    Not a kernel but the memory layout a CNN's activations are kept in (``Conv2d``'s tap
+    buffers, outputs and input gradients; ``ccledu.layers``, "Memory layout"): ``batch_last``
+    (default), (C, H, W, N) in memory, or ``channel_major``, (C, N, H, W), the layout until 7 Dec
+    2026. The tap loops of im2col, col2im and max-pooling copy runs of neighbouring numbers,
+    W·N long in the first layout, W long in the second (14 for the second conv of the speed
+    report's CNN), and a NumPy loop pays a fixed cost per run: on an AMD EPYC the batch-last
+    loops took half the time and the small CNN's training step 8–18 % less
+    (benchmarks/README.md, "AMD EPYC, 7 Dec 2026"). The reason is NumPy's, not the CPU's, so
+    this is a fixed rule, not a measured choice; ``CCLEDU_CONV_LAYOUT=channel_major`` switches
+    back (read at every call) so that other machines can compare. Values are the same up to
+    the order of the sums over positions in ∇W (float rounding).
+
 Control (environment variable ``CCLEDU_KERNELS``, read at the first call of each kernel):
 ``default`` forces every default (bit-for-bit the same float32 results on every machine whose
 NumPy computes the same, no measurement); ``expm1_nonpositive=poly`` (comma-separated
@@ -87,6 +100,23 @@ def reset() -> None:
     """Forget every choice (the next call measures again; tests use it)."""
     _chosen.clear()
     _tiles.clear()
+
+
+#: the memory layouts of :func:`conv_layout`, default first
+CONV_LAYOUTS = ("batch_last", "channel_major")
+
+
+def conv_layout() -> str:
+    """'batch_last' (default) or 'channel_major': how ``Conv2d`` lays out its tap buffers, its
+    output and its input gradient in memory (the module docstring says why).
+    ``CCLEDU_CONV_LAYOUT`` overrides the default."""
+    env = os.environ.get("CCLEDU_CONV_LAYOUT", "").strip()
+    if not env:
+        return CONV_LAYOUTS[0]
+    if env not in CONV_LAYOUTS:
+        raise ValueError(f"CCLEDU_CONV_LAYOUT={env!r}: use one of {', '.join(CONV_LAYOUTS)} "
+                         f"(or leave it unset for {CONV_LAYOUTS[0]})")
+    return env
 
 
 def _forced() -> dict:

@@ -16,14 +16,17 @@ Parameters use PyTorch's layout: a linear weight is (out, in), a conv weight is
 (out, in, kh, kw), a bias is (out,). Initialisation also follows PyTorch's default:
 U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, drawn on the host.
 
-Memory layout (speed only: no value depends on it). Image tensors always have the documented
-shape (N, C, H, W), but inside a CNN they are mostly stored *channel-major*, i.e. as the
-(N, C, H, W) transposed view of a contiguous (C, N, H, W) array: that is the layout a conv's
-matrix product produces (``Conv2d``) and im2col reads (``ccledu.im2col``), so keeping it saves
-a transposing copy of every conv output, of every gradient reaching a conv, and of every conv
-input. Layers allocate their outputs in their input's layout (``empty_like``, ``copy(order="K")``;
-element-wise NumPy operations do this by themselves). Use ``xp.ascontiguousarray(y)`` where a
-C-ordered array is needed.
+Memory layout (speed only: no value depends on it beyond float rounding). Image tensors
+always have the documented shape (N, C, H, W), but inside a CNN they are mostly stored
+*batch-last*, i.e. as the (N, C, H, W) transposed view of a contiguous (C, H, W, N) array: that
+is the layout a conv's matrix product produces (``Conv2d``) and its tap loops read
+(``ccledu.im2col.im2col_taps``), so keeping it saves a transposing copy of every conv output, of
+every gradient reaching a conv, and of every conv input; and in it a kernel tap of im2col,
+col2im or max-pooling moves runs of W·N neighbouring numbers instead of runs of W, which NumPy
+does much faster (``ccledu.accel.conv_layout``; ``CCLEDU_CONV_LAYOUT=channel_major`` keeps the
+(C, N, H, W) layout of earlier versions). Layers allocate their outputs in their input's layout
+(``empty_like``, ``zeros_like``, ``copy(order="K")``; element-wise NumPy operations do this by
+themselves). Use ``xp.ascontiguousarray(y)`` where a C-ordered array is needed.
 """
 from __future__ import annotations
 
@@ -31,9 +34,9 @@ import math
 
 import numpy as np
 
-from .accel import expm1_nonpositive, expm1_nonpositive_f32, run_tiles, zero  # noqa: F401  (public name)
+from .accel import conv_layout, expm1_nonpositive, expm1_nonpositive_f32, run_tiles, zero  # noqa: F401  (public name)
 from .backend import asarray, get_array_module, rng as make_rng
-from .im2col import col2im, conv_output_size, im2col
+from .im2col import col2im, col2im_taps, conv_output_size, im2col, im2col_taps  # noqa: F401
 
 
 def uniform_init(shape, fan_in: int, generator: np.random.Generator, dtype, scale: float = 1.0):
@@ -140,12 +143,15 @@ class Conv2d(Layer):
     where M = W for backprop or the ``weight`` passed in (a fixed kernel for feedback alignment):
     the last line is the "transposed convolution" of the backward pass.
 
-    The code computes the transposes of these products, Yᵀ = W_mat colsᵀ (F, N·OH·OW) and
-    dcolsᵀ = M_matᵀ dYᵀ, because ``cols.T`` is the contiguous form of im2col's buffer (see
-    ``ccledu.im2col``). Memory layout: y is returned as the (N, F, OH, OW) *view* of that
-    channel-major (F, N, OH, OW) product, without a copy; the layers after it keep the layout
-    (see ``ccledu.layers`` "Memory layout"), so dy usually arrives channel-major too and dYᵀ is
-    a free reshape. Values never depend on the layout.
+    The code computes the transposes of these products, Yᵀ = W_mat colsᵀ (F, OH·OW·N) and
+    dcolsᵀ = M_matᵀ dYᵀ, on im2col's tap buffer (``ccledu.im2col.im2col_taps``) stored
+    batch-last, (C, k, k, OH, OW, N): its contiguous form is colsᵀ with the rows of cols taken
+    in the order (p, q, n) instead of (n, p, q), and a product does not care in which order its
+    rows come (the sums over positions in dW_mat and db run in that order). Memory layout: y is
+    returned as the (N, F, OH, OW) *view* of the batch-last (F, OH, OW, N) product, without a
+    copy; the layers after it keep the layout (see ``ccledu.layers`` "Memory layout"), so dy
+    usually arrives batch-last too and dYᵀ is a free reshape. Values never depend on the layout
+    beyond float rounding (``CCLEDU_CONV_LAYOUT=channel_major``: the (n, p, q) order).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3,
@@ -177,28 +183,39 @@ class Conv2d(Layer):
         N = x.shape[0]
         F, k, s, p = self.out_channels, self.kernel_size, self.stride, self.padding
         _, oh, ow = self.output_shape(x.shape[1:])
-        cols = im2col(x, k, k, s, p)                          # (N·OH·OW, C·k·k)
-        self._c_cols, self._c_xshape = cols, x.shape
-        y_t = self.params["weight"].reshape(F, -1) @ cols.T   # Yᵀ: (F, N·OH·OW)
+        last = conv_layout() == "batch_last"
+        col = im2col_taps(x, k, k, s, p, batch_last=last)    # (C, k, k, N, OH, OW)
+        # colsᵀ (C·k·k, OH·OW·N) or (C·k·k, N·OH·OW): the buffer's memory order, a free reshape
+        cols_t = (col.transpose(0, 1, 2, 4, 5, 3) if last else col).reshape(col.shape[0] * k * k, -1)
+        self._c_cols, self._c_xshape, self._c_last = cols_t, x.shape, last
+        y_t = self.params["weight"].reshape(F, -1) @ cols_t   # Yᵀ: (F, OH·OW·N)
         if self.has_bias:
             y_t += self.params["bias"][:, None]
-        return y_t.reshape(F, N, oh, ow).transpose(1, 0, 2, 3)   # channel-major view, no copy
+        if last:                                             # batch-last view, no copy
+            return y_t.reshape(F, oh, ow, N).transpose(3, 0, 1, 2)
+        return y_t.reshape(F, N, oh, ow).transpose(1, 0, 2, 3)
 
     def backward(self, dy, weight=None, need_dx: bool = True):
-        cols = self._c_cols
-        if cols is None:
+        cols_t = self._c_cols
+        if cols_t is None:
             raise RuntimeError("Conv2d.backward called before forward")
-        F = self.out_channels
-        dY_t = dy.transpose(1, 0, 2, 3).reshape(F, -1)       # dYᵀ: (F, N·OH·OW), free if dy is channel-major
-        self.grads["weight"] = (dY_t @ cols).reshape(self.params["weight"].shape)
+        F, last = self.out_channels, self._c_last
+        # dYᵀ: (F, OH·OW·N), a free reshape when dy is batch-last (channel-major: (F, N·OH·OW))
+        dY_t = dy.transpose(1, 2, 3, 0) if last else dy.transpose(1, 0, 2, 3)
+        dY_t = dY_t.reshape(F, -1)
+        self.grads["weight"] = (dY_t @ cols_t.T).reshape(self.params["weight"].shape)
         if self.has_bias:
             self.grads["bias"] = dY_t.sum(axis=1)
         if not need_dx:
             return None
         M = self.params["weight"] if weight is None else weight
-        dcols_t = M.reshape(F, -1).T @ dY_t                  # dcolsᵀ: (C·k·k, N·OH·OW)
+        dcols_t = M.reshape(F, -1).T @ dY_t                  # dcolsᵀ: (C·k·k, OH·OW·N)
+        N, C, H, W = self._c_xshape
         k = self.kernel_size
-        return col2im(dcols_t.T, self._c_xshape, k, k, self.stride, self.padding)
+        oh, ow = self.output_shape((C, H, W))[1:]
+        col = (dcols_t.reshape(C, k, k, oh, ow, N).transpose(0, 1, 2, 5, 3, 4) if last
+               else dcols_t.reshape(C, k, k, N, oh, ow))     # the tap buffer (C, k, k, N, OH, OW)
+        return col2im_taps(col, self._c_xshape, k, k, self.stride, self.padding, batch_last=last)
 
     def spec(self):
         return {"kind": "conv2d", "in": self.in_channels, "out": self.out_channels,
@@ -276,7 +293,7 @@ class MaxPool2d(Layer):
 
         def taps(x, y, dy, dx):                         # writes the gradient into dx in place
             ### BEGIN SOLUTION  Task 2.5: MaxPool2d.backward
-            found = xp.zeros(y.shape, dtype=bool)       # windows whose maximum is already routed
+            found = xp.zeros_like(y, dtype=bool)        # windows whose maximum is already routed
             for t in range(k * k):
                 i, j = divmod(t, k)
                 hit = x[:, :, i:oh * k:k, j:ow * k:k] == y
@@ -312,13 +329,20 @@ class Upsample2d(Layer):
         xp = get_array_module(x)
         N, C, H, W = x.shape
         s = self.s
-        # built channel-major (C, N, s·H, s·W), like the conv that reads it (see "Memory layout")
+        # built in the layout of the conv that reads it (see "Memory layout"): batch-last
+        # (C, s·H, s·W, N), or channel-major (C, N, s·H, s·W)
+        if conv_layout() == "batch_last":
+            y = xp.broadcast_to(x.transpose(1, 2, 3, 0)[:, :, None, :, None, :], (C, H, s, W, s, N))
+            return y.reshape(C, H * s, W * s, N).transpose(3, 0, 1, 2)
         y = xp.broadcast_to(x.transpose(1, 0, 2, 3)[:, :, :, None, :, None], (C, N, H, s, W, s))
         return y.reshape(C, N, H * s, W * s).transpose(1, 0, 2, 3)
 
     def backward(self, dy):
         N, C, Hs, Ws = dy.shape
         s = self.s
+        if conv_layout() == "batch_last":   # the block sums in that order: a free reshape
+            d = dy.transpose(1, 2, 3, 0).reshape(C, Hs // s, s, Ws // s, s, N)
+            return d.sum(axis=(2, 4)).transpose(3, 0, 1, 2)
         return dy.reshape(N, C, Hs // s, s, Ws // s, s).sum(axis=(3, 5))
 
     def spec(self):

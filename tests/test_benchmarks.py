@@ -187,6 +187,28 @@ def test_implicit_conv_experiment_matches_conv2d():
     assert "| forward |" in out and "| backward (dW, dx) |" in out
 
 
+def test_tap_layout_experiment_is_the_same_computation():
+    """The batch-last and channel-major tap loops of tap_layout.py give the same im2col buffer,
+    col2im image and max-pool gradient (ties included) as each other and as ccledu.im2col, on
+    odd shapes; the script prints its table."""
+    sys.path.insert(0, str(BENCH))
+    import tap_layout
+    assert tap_layout.check() == 0.0
+    assert tap_layout.check(N=4, C=3, H=7, W=9, k=5, p=2) == 0.0
+    assert tap_layout.check(N=2, C=1, H=5, W=5, k=3, p=0, dtype="float32") == 0.0
+    out = _run(BENCH / "tap_layout.py", "--reps", "1", "--rounds", "1")
+    assert "| conv2 col2im taps |" in out and "largest difference between the layouts 0.0e+00" in out
+
+
+def test_layout_ab_times_both_layouts():
+    out = _run(BENCH / "layout_ab.py", "--rules", "dfa", "--steps", "1", "--rounds", "1",
+               "--warmup", "1")
+    row = next(line for line in out.splitlines() if line.startswith("| dfa |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 4 and float(cells[3]) > 0
+    assert all(float(v) > 0 for c in cells[1:3] for v in c.split(" / "))
+
+
 def test_blas_coretypes_reports_every_shape():
     """The OpenBLAS kernel-set script times every shape it names (ms and GFLOP/s > 0)."""
     out = _run(BENCH / "blas_coretypes.py").strip()

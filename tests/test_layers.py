@@ -247,3 +247,67 @@ def test_float32_elu_matches_float64_elu(monkeypatch, kernel):
     assert a32.dtype == np.float32
     np.testing.assert_allclose(a32[:-1], a64[:-1].astype(np.float32), rtol=ELU_F32_RTOL, atol=1e-38)
     assert a32[-10] == -1.0 and a32[-2] == np.inf and np.isnan(a32[-1])
+
+
+# -- memory layouts (ccledu.accel.conv_layout): the same numbers in both -----------------------
+
+LAYOUT_CASES = [((3, 2, 7, 6), 4, 3, 1, 1, False), ((2, 3, 8, 8), 4, 3, 2, 1, True),
+                ((2, 2, 5, 9), 3, 2, 2, 0, True), ((1, 1, 6, 6), 2, 5, 1, 2, False)]
+
+
+@pytest.mark.parametrize("shape,cout,k,stride,pad,bias", LAYOUT_CASES)
+def test_conv_layouts_compute_the_same(rng, monkeypatch, shape, cout, k, stride, pad, bias):
+    """Conv2d in the batch-last layout (default) and the channel-major one: y, dx, dW, db agree
+    to float64 rounding (only the order of the sums over positions differs), and each output
+    lies in memory as its layout says."""
+    x = rng.standard_normal(shape)
+    out = {}
+    for layout in ("channel_major", "batch_last"):
+        monkeypatch.setenv("CCLEDU_CONV_LAYOUT", layout)
+        conv = Conv2d(shape[1], cout, k, stride, pad, bias=bias, seed=3, dtype="float64")
+        y = conv.forward(x)
+        dy = np.random.default_rng(9).standard_normal(y.shape)
+        dx = conv.backward(dy)
+        out[layout] = (y, dx, conv.grads["weight"]) + ((conv.grads["bias"],) if bias else ())
+        moved = y.transpose(1, 2, 3, 0) if layout == "batch_last" else y.transpose(1, 0, 2, 3)
+        assert moved.flags.c_contiguous, layout               # (F, OH, OW, N) or (F, N, OH, OW)
+        moved = dx.transpose(1, 2, 3, 0) if layout == "batch_last" else dx.transpose(1, 0, 2, 3)
+        assert moved.flags.c_contiguous, layout
+    for name, a, b in zip(("y", "dx", "dW", "db"), out["channel_major"], out["batch_last"]):
+        compare(f"{name}: channel-major vs batch-last", b, a, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("shape,k,stride,pad", [((2, 3, 7, 6), 3, 1, 1), ((1, 2, 8, 8), 3, 2, 1),
+                                                 ((2, 2, 5, 9), 2, 2, 0), ((1, 1, 6, 6), 4, 1, 3)])
+def test_tap_buffers_are_the_same_in_both_layouts(rng, shape, k, stride, pad):
+    """im2col_taps/col2im_taps store their arrays differently but compute bit-for-bit the same
+    numbers (copies, and the same additions in the same order); im2col is the reshaped buffer."""
+    from ccledu.im2col import col2im_taps, im2col_taps
+    x = rng.standard_normal(shape)
+    a, b = im2col_taps(x, k, k, stride, pad), im2col_taps(x, k, k, stride, pad, batch_last=True)
+    assert b.transpose(0, 1, 2, 4, 5, 3).flags.c_contiguous and a.flags.c_contiguous
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(im2col(x, k, k, stride, pad), a.reshape(a.shape[0] * k * k, -1).T)
+    d = rng.standard_normal(a.shape)
+    d_last = np.ascontiguousarray(d.transpose(0, 1, 2, 4, 5, 3)).transpose(0, 1, 2, 5, 3, 4)
+    np.testing.assert_array_equal(col2im_taps(d, shape, k, k, stride, pad),
+                                  col2im_taps(d_last, shape, k, k, stride, pad, batch_last=True))
+    with pytest.raises(ValueError, match="tap buffer has shape"):
+        col2im_taps(d[:, :, :1], shape, k, k, stride, pad)
+
+
+def test_upsample_layouts_and_bad_layout_setting(rng, monkeypatch):
+    x = rng.standard_normal((3, 2, 4, 5))
+    res = {}
+    for layout in ("channel_major", "batch_last"):
+        monkeypatch.setenv("CCLEDU_CONV_LAYOUT", layout)
+        up = Upsample2d(2)
+        y = up.forward(x)
+        dy = np.random.default_rng(4).standard_normal(y.shape)
+        res[layout] = (np.array(y), up.backward(dy))
+        check_layer(Upsample2d(2), x, rng, params=False)
+    for a, b in zip(res["channel_major"], res["batch_last"]):
+        compare("upsample: channel-major vs batch-last", b, a, rtol=1e-14, atol=1e-14)
+    monkeypatch.setenv("CCLEDU_CONV_LAYOUT", "nhwc")
+    with pytest.raises(ValueError, match="CCLEDU_CONV_LAYOUT='nhwc': use one of batch_last, channel_major"):
+        Conv2d(1, 2, 3).forward(np.zeros((1, 1, 5, 5), np.float32))
