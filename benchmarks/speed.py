@@ -71,8 +71,12 @@ def cpu_details() -> dict:
     out = {}
     try:
         with open("/proc/cpuinfo") as fh:
-            flags = next((line.split(":", 1)[1].split() for line in fh if line.startswith("flags")), [])
+            info = fh.read().split("\n\n")[0].splitlines()
+        field = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in info)}
+        flags = field.get("flags", "").split()
         out["cpu_flags"] = " ".join(f for f in SIMD_FLAGS if f in flags)
+        if field.get("cpu family"):     # the same model name hides different generations
+            out["cpu_family_model"] = f"{field['cpu family']}/{field.get('model', '?')}"
     except OSError:
         pass
     try:
@@ -98,7 +102,8 @@ def command_line(script: str, argv=None) -> str:
     """How this run was started: the thread/kernel environment variables that are set, then
     ``python benchmarks/<script> <arguments>``."""
     env = [f"{k}={os.environ[k]}" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                            "CCLEDU_KERNELS") if k in os.environ]
+                                            "OPENBLAS_CORETYPE", "CCLEDU_KERNELS",
+                                            "CCLEDU_CONV_LAYOUT") if k in os.environ]
     args = list(argv) if argv is not None else sys.argv[1:]
     return " ".join(env + ["python", f"benchmarks/{script}"] + [str(a) for a in args])
 
