@@ -53,8 +53,8 @@ Kernels:
     2026. The tap loops of im2col, col2im and max-pooling copy runs of neighbouring numbers,
     W·N long in the first layout, W long in the second (14 for the second conv of the speed
     report's CNN), and a NumPy loop pays a fixed cost per run: on an AMD EPYC the batch-last
-    loops took half the time and the small CNN's training step 8–18 % less
-    (benchmarks/README.md, "AMD EPYC, 7 Dec 2026"). The reason is NumPy's, not the CPU's, so
+    loops took half the time and the small CNN's training step ran 1.04–1.29× as fast for BP,
+    FA, DFA and FF, CCL's unchanged (benchmarks/README.md, "AMD EPYC, 7 Dec 2026"). The reason is NumPy's, not the CPU's, so
     this is a fixed rule, not a measured choice; ``CCLEDU_CONV_LAYOUT=channel_major`` switches
     back (read at every call) so that other machines can compare. Values are the same up to
     the order of the sums over positions in ∇W (float rounding).
