@@ -8,9 +8,9 @@ for conv2 of the speed report's CNN): NumPy's inner loop is 14 elements long, an
 C·N·OH times per tap. In a batch-last layout (C, H, W, N) the same tap moves, for every
 (c, output row), one contiguous run of OW·N numbers (1792), because the columns of a row and the
 samples lie together: the same copies with 128× fewer inner loops. The matrix product does not
-care (the columns of ``colsᵀ`` are then ordered (p, q, n) instead of (n, p, q)), and the
-max-pool code, written on (N, C, H, W) views, runs unchanged on either (with its bookkeeping
-array allocated ``zeros_like(y)``, in y's layout).
+care (the columns of ``colsᵀ`` are then ordered (p, q, n) instead of (n, p, q)), and
+``MaxPool2d``, written on (N, C, H, W) views, runs unchanged on either (with its bookkeeping
+array allocated ``zeros_like(y)``, in y's layout); the max-pool rows time the layer itself.
 
 This script measured the saving before the layers changed (``ccledu.accel.conv_layout``: batch-last
 is now the default; ``benchmarks/layout_ab.py`` times the whole step in both). Results in
@@ -30,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from ccledu.im2col import col2im as ccledu_col2im, im2col as ccledu_im2col  # noqa: E402
+from ccledu.layers import MaxPool2d  # noqa: E402
 
 
 def padded(x, p, batch_last):
@@ -64,21 +65,10 @@ def taps_col2im(img, col, k, oh, ow, batch_last):
                 img[:, :, i:i + oh, j:j + ow] += col[:, i, j]
 
 
-def maxpool_backward(x, y, dy, dx, k=2):
-    """Task 2.5's tap loop on (N, C, H, W) views, whatever their memory layout."""
-    oh, ow = x.shape[2] // k, x.shape[3] // k
-    found = np.zeros_like(y, dtype=bool)          # y's memory layout
-    for t in range(k * k):
-        i, j = divmod(t, k)
-        hit = x[:, :, i:oh * k:k, j:ow * k:k] == y
-        hit &= ~found
-        found |= hit
-        np.multiply(dy, hit, out=dx[:, :, i:oh * k:k, j:ow * k:k])
-
-
-def maxpool_forward(x, k=2):
-    m = np.maximum(x[:, :, :, 0::k], x[:, :, :, 1::k])
-    return np.maximum(m[:, :, 0::k], m[:, :, 1::k])
+def maxpool(x):
+    """ccledu's MaxPool2d(2) on x, whatever its memory layout: (layer, y)."""
+    layer = MaxPool2d(2)
+    return layer, layer.forward(x)
 
 
 def layouts(x, batch_last):
@@ -113,15 +103,11 @@ def check(N=3, C=2, H=6, W=5, k=3, p=1, dtype="float64") -> float:
             img[:, :, p:p + H, p:p + W].transpose(1, 0, 2, 3)
         worst = max(worst, np.abs(img - ref_img).max())
     xq = np.round(g.standard_normal((N, C, 2 * H, 2 * W)), 1).astype(dtype)    # with ties
+    dy0 = g.standard_normal((N, C, H, W)).astype(dtype)
     grads = []
     for bl in (False, True):
-        xl = layouts(xq, bl)
-        y = maxpool_forward(xl)
-        dy = layouts(g.standard_normal(y.shape).astype(dtype) if not grads else dy0, bl)
-        dy0 = np.array(dy)
-        dx = np.empty_like(xl)
-        maxpool_backward(xl, y, dy, dx)
-        grads.append(np.array(dx))
+        layer, _ = maxpool(layouts(xq, bl))
+        grads.append(np.array(layer.backward(layouts(dy0, bl))))
     return float(max(worst, np.abs(grads[0] - grads[1]).max()))
 
 
@@ -151,16 +137,15 @@ def main(argv=None):
         col = np.empty((C, k, k, H, W, N) if bl else (C, k, k, N, H, W), np.float32)
         img = np.zeros_like(xt)
         xl = layouts(xq, bl)
-        y = maxpool_forward(xl)
+        pool, y = maxpool(xl)
         dy = layouts(np.ones(y.shape, np.float32), bl)
-        dx = np.empty_like(xl)
         name = "batch-last (C, H, W, N)" if bl else "channel-major (C, N, H, W)"
         pieces[name] = {
             "conv2 im2col taps": lambda xt=xt, col=col, bl=bl: taps_im2col(xt, col, k, H, W, bl),
             "conv2 col2im taps": lambda img=img, col=col, bl=bl: (img.fill(0), taps_col2im(img, col, k, H, W, bl)),
             "conv2 product W colsᵀ": lambda col=col: Wm @ col.reshape(C * k * k, -1),
-            "pool1 forward": lambda xl=xl: maxpool_forward(xl),
-            "pool1 backward (Task 2.5 loop)": lambda xl=xl, y=y, dy=dy, dx=dx: maxpool_backward(xl, y, dy, dx),
+            "pool1 forward": lambda pool=pool, xl=xl: pool.forward(xl),
+            "pool1 backward (Task 2.5 loop)": lambda pool=pool, dy=dy: pool.backward(dy),
         }
     names = list(pieces)
     rows = {}
