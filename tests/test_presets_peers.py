@@ -361,6 +361,28 @@ def test_permuted_once_trains_on_one_unshuffled_batch(tmp_path):
     assert all(np.isfinite(h["train_loss"]) for h in res["history"])
 
 
+def test_mpezeshki_peer_seeds_script_trains(tmp_path):
+    """benchmarks/results/ff_presets/mpezeshki_peer_seeds.py (the peer's training re-expressed in
+    PyTorch, to measure its seed spread on a GPU): on 600 MNIST images, 40 steps per layer, both
+    layers' losses fall and the JSON holds what the docs promise."""
+    pytest.importorskip("torch")
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "benchmarks/results/ff_presets/mpezeshki_peer_seeds.py"
+    out = tmp_path / "peer.json"
+    res = subprocess.run([sys.executable, str(script), "--steps", "40", "--limit", "600", "--seeds",
+                          "3", "--out", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "test error over 1 seeds" in res.stdout
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["seed"] == 3 and 0 <= run["test_error"] <= 1 and 0 <= run["train_error"] <= 1
+    assert len(run["layer_losses_first_last"]) == 2
+    for first, last in run["layer_losses_first_last"]:
+        assert last < first
+
+
 def test_ff_schedule_option_is_checked():
     with pytest.raises(ValueError, match="schedule must be one of 'together', 'layerwise'"):
         get_rule("ff", schedule="greedy")
