@@ -420,7 +420,11 @@ def report(results: dict, path: Path, command: str):
                   f"{results.get('load_end')} at the end (2 cores: a load above ~1 means other jobs "
                   "shared the machine).", ""]
     lines += ["Matrix-multiply peak (2048² float32): "
-             + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in results["peak"].items()), "",
+             + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in results["peak"].items())
+             + ("" if "peak_end" not in results else
+                "; measured again after the steps: " + ", ".join(
+                    f"{k} {v:.1f}" for k, v in results["peak_end"].items() if k != "peak")
+                + " (the `peak` used for % of peak is the best of both measurements)"), "",
              ]
     counted = any("flops" in r for r in results["grid"])     # files written before: hand formulas
     flop_cols = "GFLOP/step (counted) | GFLOP/step (hand formula)" if counted else "GFLOP/step"
@@ -529,6 +533,16 @@ def main(argv=None):
         results["kernels"] = accel.choices()
     except ImportError:                   # a ccledu without accelerators (older checkouts)
         results["kernels"] = {}
+    # the peak again, after the steps: one slow spell of a shared machine during the first
+    # measurement made a step look faster than the peak (% of peak above 100); the report uses
+    # the best of the two measurements
+    results["peak_end"] = matmul_peak(args.device)
+    best = max(results["peak"]["peak"], results["peak_end"]["peak"])
+    if best > results["peak"]["peak"]:
+        for row in results["grid"]:
+            row["fraction_of_peak"] *= results["peak"]["peak"] / best
+        results["peak"]["peak"] = best
+    log(f"peak after the steps: {results['peak_end']}")
     results["load_end"] = [round(v, 2) for v in os.getloadavg()]
     kind = cpu_kind(results["machine"].get("cpu", "")) if args.kind == "auto" else args.kind
     stem = out / (f"speed_{args.device}_{kind}" if kind else f"speed_{args.device}")

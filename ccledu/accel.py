@@ -27,6 +27,20 @@ Kernels:
     broadcast loop on an AVX2 EPYC, where the array was several times faster. Same values
     either way (NaN and signed zeros included, tested).
 
+``weight_grad(a, b)``
+    The product a bᵀ of two wide matrices, a (M, K), b (N, K), K ≫ M, N: a convolution's weight
+    gradient dW = dYᵀ cols, whose inner dimension runs over every output position of the batch
+    (K = 100 352 for the first conv of the speed report's CNN). Default ``a @ b.T``.
+    Alternative ``chunked``: the same product as a sum over slices of ``CHUNK`` columns of K.
+    OpenBLAS splits a large product's work between its threads along M and N, which here are
+    tiny (32 × 9 for that conv: one thread does it), while products of at most about 2²⁰
+    multiply-adds take its "small matrix" path without packing; on an AMD EPYC (Zen 4, OpenBLAS
+    SkylakeX kernels) the first conv's dW took 1.6–1.8 ms whole and 0.9–1.0 ms chunked, while
+    the second conv's (64 × 288, K = 25 088) took 6.6 ms whole and 8 ms chunked. The choice is
+    made per (M, N, K) at the first call, on that call's own arrays (the best of 3 calls of
+    each; both results are computed, the chosen one returned), with the same ``MARGIN``; float32
+    NumPy arrays with K ≥ 2·``CHUNK`` only. The two differ only in the order of the float32 sums.
+
 ``run_tiles(kernel, body, *arrays)``
     The memory-bound tap loops (max-pool forward and backward, im2col, col2im) are written as a
     small function ``body`` of the arrays they read and write; the helper runs it once on the
@@ -273,6 +287,60 @@ _KERNELS = {
     "expm1_nonpositive": ({"default": _expm1_default, "poly": _expm1_poly}, _expm1_sample),
     "zero": ({"default": _max_scalar, "array": _max_array}, _zero_sample),
 }
+
+
+# --------------------------------------------------------------------------------------------
+# Weight gradients: products with a long inner dimension
+# --------------------------------------------------------------------------------------------
+
+#: columns of the inner dimension per product in ``weight_grad``'s ``chunked`` candidate
+CHUNK = 2048
+
+
+def _wg_default(a, b):
+    return a @ b.T
+
+
+def _wg_chunked(a, b):
+    out = a[:, :CHUNK] @ b[:, :CHUNK].T
+    for s in range(CHUNK, a.shape[1], CHUNK):
+        out += a[:, s:s + CHUNK] @ b[:, s:s + CHUNK].T
+    return out
+
+
+_WEIGHT_GRAD = {"default": _wg_default, "chunked": _wg_chunked}
+
+
+def weight_grad(a, b):
+    """a bᵀ for a (M, K) and b (N, K): ``a @ b.T``, or for float32 NumPy arrays with a long K
+    the candidate measured faster for this (M, N, K) (see the module docstring)."""
+    xp = get_array_module(a)
+    if xp is not np or a.dtype != np.float32 or a.shape[1] < 2 * CHUNK:
+        return a @ b.T
+    name = f"weight_grad@{a.shape[0]}x{b.shape[0]}x{a.shape[1]}"
+    rec = _chosen.get(name)
+    if rec is None:
+        forced = _forced()
+        want = forced.get("weight_grad", forced.get("*"))
+        if want is not None:
+            if want not in _WEIGHT_GRAD:
+                raise ValueError(f"CCLEDU_KERNELS: kernel 'weight_grad' has no candidate "
+                                 f"{want!r}; choose one of {list(_WEIGHT_GRAD)}")
+            rec = {"use": want, "ms": {}, "why": "forced by CCLEDU_KERNELS"}
+        else:
+            ms = {c: math.inf for c in _WEIGHT_GRAD}
+            for rnd in range(4):                      # round 0 warms up, untimed
+                for c, fn in _WEIGHT_GRAD.items():
+                    t = time.perf_counter()
+                    fn(a, b)
+                    if rnd:
+                        ms[c] = min(ms[c], 1e3 * (time.perf_counter() - t))
+            fastest = min(ms, key=ms.get)
+            use = fastest if ms["default"] >= MARGIN * ms[fastest] else "default"
+            rec = {"use": use, "ms": ms, "why": f"best of 3 calls on the first call's arrays, "
+                                                f"margin {MARGIN}"}
+        _chosen[name] = rec
+    return _WEIGHT_GRAD[rec["use"]](a, b)
 
 
 # --------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import math
 
 import numpy as np
 
-from .accel import conv_layout, expm1_nonpositive, expm1_nonpositive_f32, run_tiles, zero  # noqa: F401  (public name)
+from .accel import conv_layout, expm1_nonpositive, expm1_nonpositive_f32, run_tiles, weight_grad, zero  # noqa: F401  (public name)
 from .backend import asarray, get_array_module, rng as make_rng
 from .im2col import col2im, col2im_taps, conv_output_size, im2col, im2col_taps  # noqa: F401
 
@@ -203,7 +203,9 @@ class Conv2d(Layer):
         # dYᵀ: (F, OH·OW·N), a free reshape when dy is batch-last (channel-major: (F, N·OH·OW))
         dY_t = dy.transpose(1, 2, 3, 0) if last else dy.transpose(1, 0, 2, 3)
         dY_t = dY_t.reshape(F, -1)
-        self.grads["weight"] = (dY_t @ cols_t.T).reshape(self.params["weight"].shape)
+        # dW_mat = dYᵀ cols, i.e. dY_t @ cols_t.T (float32 NumPy: in slices of the positions
+        # where this CPU computes that faster, see ccledu.accel.weight_grad)
+        self.grads["weight"] = weight_grad(dY_t, cols_t).reshape(self.params["weight"].shape)
         if self.has_bias:
             self.grads["bias"] = dY_t.sum(axis=1)
         if not need_dx:

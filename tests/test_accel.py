@@ -183,3 +183,85 @@ def test_zero_scalar_and_array_give_the_same_bits(monkeypatch, dtype):
                      elu.backward(np.ones_like(z))]
     for a, b in zip(out["default"], out["array"]):
         assert a.tobytes() == b.tobytes()
+
+
+def test_weight_grad_candidates_agree_with_the_float64_product():
+    rng = np.random.default_rng(3)
+    K = 3 * accel.CHUNK + 17                       # a last slice shorter than CHUNK
+    a = rng.standard_normal((5, K))
+    b = rng.standard_normal((7, K))
+    exact = a @ b.T
+    tol = 8 * 2.0 ** -24 * np.sqrt(K) * np.abs(a) @ np.abs(b).T    # float32 sums of K terms
+    for cand, fn in accel._WEIGHT_GRAD.items():
+        got = fn(a.astype(np.float32), b.astype(np.float32))
+        assert got.dtype == np.float32 and got.shape == (5, 7)
+        assert np.all(np.abs(got - exact) <= tol), f"{cand}: mine vs float64 product, max error " \
+            f"{np.abs(got - exact).max():.3g}"
+    # float64, and inputs with a short K, are the plain product, bit for bit, never measured
+    assert np.array_equal(accel.weight_grad(a, b), exact)
+    short = a[:, :2 * accel.CHUNK - 1].astype(np.float32), b[:, :2 * accel.CHUNK - 1].astype(np.float32)
+    assert np.array_equal(accel.weight_grad(*short), short[0] @ short[1].T)
+    assert not any(k.startswith("weight_grad") for k in accel.choices())
+
+
+def test_weight_grad_measures_once_per_shape_with_the_margin(monkeypatch):
+    calls = []
+
+    def fake(name, s):
+        def fn(a, b):
+            calls.append(name)
+            time.sleep(s)
+            return np.full((a.shape[0], b.shape[0]), len(name), np.float32)
+        return fn
+    monkeypatch.setattr(accel, "_WEIGHT_GRAD", {"default": fake("default", 0.004),
+                                                "chunked": fake("chunked", 0.0)})
+    a = np.zeros((2, 2 * accel.CHUNK), np.float32)
+    b3, b4 = np.zeros((3, a.shape[1]), np.float32), np.zeros((4, a.shape[1]), np.float32)
+    out = accel.weight_grad(a, b3)
+    assert np.all(out == len("chunked"))           # the chosen candidate's result is returned
+    rec = accel.choices()[f"weight_grad@2x3x{2 * accel.CHUNK}"]
+    assert rec["use"] == "chunked" and rec["ms"]["default"] >= 4.0
+    calls.clear()
+    accel.weight_grad(a, b3)                       # chosen: no more measuring
+    assert calls == ["chunked"]
+    # a candidate only 1.33x faster does not replace the default
+    monkeypatch.setattr(accel, "_WEIGHT_GRAD", {"default": fake("default", 0.004),
+                                                "chunked": fake("chunked", 0.003)})
+    assert np.all(accel.weight_grad(a, b4) == len("default"))
+
+
+def test_weight_grad_forced_and_clear_errors(monkeypatch):
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((3, 2 * accel.CHUNK + 5)).astype(np.float32)
+    b = rng.standard_normal((4, 2 * accel.CHUNK + 5)).astype(np.float32)
+    monkeypatch.setenv("CCLEDU_KERNELS", "weight_grad=chunked")
+    assert np.array_equal(accel.weight_grad(a, b), accel._wg_chunked(a, b))
+    assert accel.choices()[f"weight_grad@3x4x{a.shape[1]}"]["why"] == "forced by CCLEDU_KERNELS"
+    accel.reset()
+    monkeypatch.setenv("CCLEDU_KERNELS", "default")
+    assert np.array_equal(accel.weight_grad(a, b), a @ b.T)
+    accel.reset()
+    monkeypatch.setenv("CCLEDU_KERNELS", "weight_grad=fast")
+    with pytest.raises(ValueError, match=r"'weight_grad' has no candidate 'fast'.*'default', 'chunked'"):
+        accel.weight_grad(a, b)
+
+
+def test_conv_weight_gradient_with_either_candidate_matches_float64(monkeypatch):
+    """Conv2d's ∇W through weight_grad: a float32 input whose K (= N·OH·OW) spans several
+    slices gives, with either candidate, the float64 gradient within float32 rounding."""
+    from ccledu.layers import Conv2d
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((24, 2, 16, 16))                    # K = 24·16·16 = 6144 positions
+    dy = rng.standard_normal((24, 3, 16, 16))
+    ref = Conv2d(2, 3, 3, padding=1, dtype="float64", seed=1)
+    ref.forward(x)
+    ref.backward(dy, need_dx=False)
+    for cand in ("default", "chunked"):
+        accel.reset()
+        monkeypatch.setenv("CCLEDU_KERNELS", f"weight_grad={cand}")
+        conv = Conv2d(2, 3, 3, padding=1, dtype="float32", seed=1)
+        conv.forward(x.astype(np.float32))
+        conv.backward(dy.astype(np.float32), need_dx=False)
+        assert accel.choices()["weight_grad@3x18x6144"]["use"] == cand
+        np.testing.assert_allclose(conv.grads["weight"], ref.grads["weight"], rtol=1e-4,
+                                   atol=1e-4 * np.abs(ref.grads["weight"]).max(), err_msg=cand)

@@ -64,6 +64,11 @@ def test_speed_harness_quick(tmp_path):
     rows = {r["rule"]: r for r in res["grid"]}
     assert set(rows) == {"bp", "ccl"} and all(r["ccledu_ms"] > 0 for r in rows.values())
     assert 0 < rows["bp"]["fraction_of_peak"] < 1.5 and res["peak"]["peak"] > 0
+    # the peak is measured before and after the steps; % of peak uses the better one
+    assert res["peak"]["peak"] >= res["peak_end"]["peak"] > 0
+    bp = rows["bp"]
+    assert bp["fraction_of_peak"] == pytest.approx(bp["gflop_per_step"] / (bp["ccledu_ms"] / 1e3)
+                                                   / res["peak"]["peak"])
     md = (tmp_path / "speed_cpu.md").read_text()
     assert "ccledu s/epoch" in md and res["machine"]["numpy"] in md
     (tmp_path / "speed_cpu.md").unlink()
@@ -207,6 +212,15 @@ def test_layout_ab_times_both_layouts():
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert len(cells) == 4 and float(cells[3]) > 0
     assert all(float(v) > 0 for c in cells[1:3] for v in c.split(" / "))
+
+
+def test_weight_grad_script_times_both_candidates_and_reports_the_choice():
+    out = _run(BENCH / "weight_grad.py", "--batch", "32", "--reps", "1", "--rounds", "1")
+    rows = [line for line in out.splitlines() if line.startswith("| conv")]
+    assert len(rows) == 2
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[2]) > 0 and float(cells[3]) > 0 and cells[4] in ("default", "chunked")
 
 
 def test_blas_coretypes_reports_every_shape():
