@@ -29,15 +29,19 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+# ccledu before NumPy: it sets how long OpenBLAS's idle threads spin, which OpenBLAS reads when
+# NumPy loads it (ccledu.blas_threads); the benchmarks measure what `ccledu train` gets
+import ccledu  # noqa: E402,F401
+import numpy as np  # noqa: E402
+
 from speed import command_line, cpu_kind, machine_info, time_pair  # noqa: E402
 
-from ccledu.accel import conv_layout  # noqa: E402
+from ccledu.accel import conv_layout, weight_grad  # noqa: E402
 from ccledu.im2col import col2im_taps, im2col_taps  # noqa: E402
 from ccledu.layers import Activation, Conv2d, MaxPool2d  # noqa: E402
 
@@ -109,7 +113,8 @@ def pieces(seed: int = 0):
                     lambda d=dz_t, ht=ht, W_t=W_t, nd=need_dx: aten.convolution_backward(
                         d, ht, W_t, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
                         [nd, True, False])[:2]))
-        out.append((f"{tag}: backward, dW product alone", lambda d=dY_t, c=cols_t: d @ c.T, None))
+        out.append((f"{tag}: backward, dW product alone (accel.weight_grad, as Conv2d)",
+                    lambda d=dY_t, c=cols_t: weight_grad(d, c), None))
         if need_dx:
             out.append((f"{tag}: backward, dcols product alone",
                         lambda Wm=Wm, d=dY_t: Wm.T @ d, None))

@@ -38,15 +38,20 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+# ccledu before NumPy: it sets how long OpenBLAS's idle threads spin, which OpenBLAS reads when
+# NumPy loads it (ccledu.blas_threads); the benchmarks measure what `ccledu train` gets
+import ccledu  # noqa: E402,F401
+import numpy as np  # noqa: E402
+
 import ccledu  # noqa: E402,F401
 from ccledu import im2col as im2col_mod  # noqa: E402
 from ccledu import layers, losses, optim  # noqa: E402
+from ccledu.accel import weight_grad  # noqa: E402
 from ccledu.rules import ccl as ccl_mod  # noqa: E402
 from ccledu.rules import ff as ff_mod  # noqa: E402
 
@@ -138,7 +143,7 @@ def _rec_conv_bwd(prof, args, kwargs):
     F = layer.out_channels
     K = layer.in_channels * layer.kernel_size ** 2
     M = dy.shape[0] * dy.shape[2] * dy.shape[3]
-    prof.gemms.append(("conv", "nt", (F, M), (K, M), dy.dtype))               # dYᵀ cols (cols = view of (K, M))
+    prof.gemms.append(("conv", "wg", (F, M), (K, M), dy.dtype))   # dYᵀ cols: accel.weight_grad
     if need_dx:
         prof.gemms.append(("conv", "tn", (F, K), (F, M), dy.dtype))           # M_matᵀ dYᵀ
 
@@ -153,7 +158,8 @@ def gemm_alone_seconds(gemms, reps: int = 3) -> float:
         if key not in cache:
             a = g.standard_normal(sa).astype(dtype)
             b = g.standard_normal(sb).astype(dtype)
-            op = {"nn": lambda: a @ b, "nt": lambda: a @ b.T, "tn": lambda: a.T @ b}[kind]
+            op = {"nn": lambda: a @ b, "nt": lambda: a @ b.T, "tn": lambda: a.T @ b,
+                  "wg": lambda: weight_grad(a, b)}[kind]      # as Conv2d.backward computes it
             op()
             best = float("inf")
             for _ in range(reps):

@@ -24,11 +24,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
+
+# ccledu before NumPy: it sets how long OpenBLAS's idle threads spin, which OpenBLAS reads when
+# NumPy loads it (ccledu.blas_threads); the benchmarks measure what `ccledu train` gets
+import ccledu  # noqa: E402,F401
+import numpy as np  # noqa: E402
 
 from ccledu.backend import asarray, get_array_module, use  # noqa: E402
 from ccledu.backend import machine_info as backend_machine_info  # noqa: E402
@@ -101,9 +105,11 @@ def cpu_details() -> dict:
 def command_line(script: str, argv=None) -> str:
     """How this run was started: the thread/kernel environment variables that are set, then
     ``python benchmarks/<script> <arguments>``."""
-    env = [f"{k}={os.environ[k]}" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                            "OPENBLAS_CORETYPE", "CCLEDU_KERNELS",
-                                            "CCLEDU_CONV_LAYOUT") if k in os.environ]
+    names = ["OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_CORETYPE", "CCLEDU_KERNELS",
+             "CCLEDU_CONV_LAYOUT"]
+    if ccledu.blas_threads.STATE.get("by") == "user":     # not when ccledu set it itself
+        names.append("OPENBLAS_THREAD_TIMEOUT")
+    env = [f"{k}={os.environ[k]}" for k in names if k in os.environ]
     args = list(argv) if argv is not None else sys.argv[1:]
     return " ".join(env + ["python", f"benchmarks/{script}"] + [str(a) for a in args])
 
@@ -112,6 +118,9 @@ def machine_info(device: str) -> dict:
     info = backend_machine_info("cupy" if device == "cuda" else "numpy")
     if device == "cpu":
         info.update(cpu_details())
+        spin = ccledu.blas_threads.STATE
+        info["blas_thread_timeout"] = (f"{spin.get('value') or 'unset (28)'} "
+                                       f"({spin.get('by', 'not applied')})")
     try:
         import torch
         info["torch"] = torch.__version__

@@ -5,5 +5,10 @@ trace, testing, check, cli.
 """
 __version__ = "0.1.0"
 
-from . import backend  # noqa: F401
-from .backend import asarray, get_array_module, to_numpy, use  # noqa: F401
+# first, before anything loads NumPy: how long OpenBLAS's idle threads spin (ccledu.blas_threads)
+from . import blas_threads as _blas_threads
+
+_blas_threads.apply()
+
+from . import backend  # noqa: E402,F401
+from .backend import asarray, get_array_module, to_numpy, use  # noqa: E402,F401

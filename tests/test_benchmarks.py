@@ -223,6 +223,22 @@ def test_weight_grad_script_times_both_candidates_and_reports_the_choice():
         assert float(cells[2]) > 0 and float(cells[3]) > 0 and cells[4] in ("default", "chunked")
 
 
+def test_blas_spin_ab_times_each_value_in_its_own_process():
+    out = _run(BENCH / "blas_spin_ab.py", "--timeouts", "28,20", "--cases", "mlp:dfa",
+               "--steps", "1", "--warmup", "1", "--rounds", "1")
+    row = next(line for line in out.splitlines() if line.startswith("| mlp | dfa |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert len(cells) == 5 and float(cells[4]) > 0
+    assert all(float(v) > 0 for c in cells[2:4] for v in c.split(" / "))
+
+
+def test_blas_spin_ab_refuses_bad_values_clearly():
+    r = subprocess.run([sys.executable, str(BENCH / "blas_spin_ab.py"), "--timeouts", "28,99"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "whole numbers from 4 to 30" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_blas_coretypes_reports_every_shape():
     """The OpenBLAS kernel-set script times every shape it names (ms and GFLOP/s > 0)."""
     out = _run(BENCH / "blas_coretypes.py").strip()
