@@ -110,6 +110,13 @@ def choices() -> dict:
     return out
 
 
+def settled() -> bool:
+    """True when no tap-loop choice (:func:`run_tiles`) is still being measured: every kernel
+    and size seen so far has its candidate. Benchmarks call a step until then before timing it,
+    since the measuring calls try the slower candidates too."""
+    return all(rec.get("use") for rec in _tiles.values())
+
+
 def reset() -> None:
     """Forget every choice (the next call measures again; tests use it)."""
     _chosen.clear()

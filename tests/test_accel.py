@@ -265,3 +265,23 @@ def test_conv_weight_gradient_with_either_candidate_matches_float64(monkeypatch)
         assert accel.choices()["weight_grad@3x18x6144"]["use"] == cand
         np.testing.assert_allclose(conv.grads["weight"], ref.grads["weight"], rtol=1e-4,
                                    atol=1e-4 * np.abs(ref.grads["weight"]).max(), err_msg=cand)
+
+
+def test_settled_once_every_tile_choice_is_made(monkeypatch):
+    """accel.settled() is False while a tap loop's first calls are still timing candidates,
+    True once it has chosen (speed.py warms a step up until then)."""
+    monkeypatch.setattr(accel, "BLOCK_BYTES", 1024)
+    x = np.random.default_rng(0).standard_normal((8, 4, 16, 16)).astype(np.float32)
+    y = np.empty((8, 4, 8, 8), np.float32)
+
+    def body(x, y):
+        y[...] = x[:, :, ::2, ::2]
+    assert accel.settled()                                # nothing measured yet
+    accel.run_tiles("fake_pool", body, x, y)
+    assert not accel.settled()
+    calls = 1
+    while not accel.settled():
+        accel.run_tiles("fake_pool", body, x, y)
+        calls += 1
+        assert calls < 100
+    assert calls == 1 + accel.TRIALS * len(accel._tile_candidates())

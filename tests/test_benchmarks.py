@@ -63,6 +63,7 @@ def test_speed_harness_quick(tmp_path):
     res = json.loads((tmp_path / "speed_cpu.json").read_text())
     rows = {r["rule"]: r for r in res["grid"]}
     assert set(rows) == {"bp", "ccl"} and all(r["ccledu_ms"] > 0 for r in rows.values())
+    assert all(r["warmup_calls"] >= 2 for r in rows.values())     # untimed calls came first
     assert 0 < rows["bp"]["fraction_of_peak"] < 1.5 and res["peak"]["peak"] > 0
     # the peak is measured before and after the steps; % of peak uses the better one
     assert res["peak"]["peak"] >= res["peak_end"]["peak"] > 0
