@@ -52,8 +52,9 @@ Kernels:
     tap pass streams it from memory again, and blocks keep it in cache (measured on an AVX-512
     Xeon, cold caches: max-pool of a 12 MB input, forward 5.9 -> 3.1 ms, backward 13.3 -> 8.5
     ms). Threads help only where a core is free: after a matrix product OpenBLAS's worker
-    threads keep spinning for a while (``OPENBLAS_THREAD_TIMEOUT``), and inside a training step
-    on 2 cores the threaded candidates were measured no faster (benchmarks/README.md). The
+    threads keep spinning for a while (``OPENBLAS_THREAD_TIMEOUT``; with OpenBLAS's default
+    the threaded candidates were measured no faster inside a training step on 2 cores, and
+    since 7 Dec 2026 ccledu shortens that spin, see ``ccledu.blas_threads``). The
     choice is made per kernel and input size (rounded to a power of two) from the loop's own
     first calls: after one warm-up call, ``TRIALS`` calls of each candidate, alternating, then
     the fastest by best wall time, which must beat ``whole`` by ``TILE_MARGIN``. Small inputs

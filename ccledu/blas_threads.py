@@ -18,13 +18,13 @@ imported, if
   script or notebook, import ccledu first, or set the variable in the shell).
 
 2²⁰ cycles outlast the gaps between the products of an MLP step (a few µs to ~0.1 ms of
-element-wise work), so those products never wait for a sleeping worker, and end well inside a
+element-wise work), so those products rarely wait for a sleeping worker, and end well inside a
 CNN step's multi-millisecond tap loops. Measured on a 2-core AMD EPYC (Zen 4, OpenBLAS 0.3.31
 SkylakeX kernels; ``python benchmarks/blas_spin_ab.py``, benchmarks/README.md "AMD EPYC, 7 Dec
-2026, second session"): CNN steps 1.11-1.29x as fast for the five rules, MLP steps unchanged
-within the run-to-run spread (0.95-1.00x by best time); 2¹⁸ gave the same, 2²² less for the CNN.
-Nothing computed changes: only when an idle thread sleeps. The variable is inherited by child
-processes (sweep workers), whose OpenBLAS then reads it too.
+2026, second session"): CNN steps 1.09-1.17x as fast for the five rules, MLP steps unchanged
+(0.99-1.02x by best time); 2¹⁸ gave the same, 2²² less for the CNN. Not yet measured on the
+Intel kinds (run that script there). Nothing computed changes: only when an idle thread sleeps.
+The variable is inherited by child processes (sweep workers), whose OpenBLAS then reads it too.
 
 :data:`STATE` records what happened (the speed reports print it).
 """
