@@ -32,11 +32,13 @@ Kernels:
     gradient dW = dYᵀ cols, whose inner dimension runs over every output position of the batch
     (K = 100 352 for the first conv of the speed report's CNN). Default ``a @ b.T``.
     Alternative ``chunked``: the same product as a sum over slices of ``CHUNK`` columns of K.
-    OpenBLAS splits a large product's work between its threads along M and N, which here are
-    tiny (32 × 9 for that conv: one thread does it), while products of at most about 2²⁰
-    multiply-adds take its "small matrix" path without packing; on an AMD EPYC (Zen 4, OpenBLAS
-    SkylakeX kernels) the first conv's dW took 1.6–1.8 ms whole and 0.9–1.0 ms chunked, while
-    the second conv's (64 × 288, K = 25 088) took 6.6 ms whole and 8 ms chunked. The choice is
+    OpenBLAS's SkylakeX kernels have a "small matrix" path without packing for products of at
+    most 100³ multiply-adds (``sgemm_small_kernel_permit_skylakex.c``: M·N·K ≤ 10⁶), which the
+    slices meet for that conv (32 · 9 · 2048) and the whole product does not. On an AMD EPYC
+    (Zen 4, OpenBLAS 0.3.31 SkylakeX kernels; ``python benchmarks/weight_grad.py``) the first
+    conv's dW took 1.62 ms whole and 0.89 ms in slices (slices of 4096, over the limit, were as
+    slow as the whole product), while the second conv's (64 × 288, K = 25 088) took 6.51 ms whole
+    and 6.67 in slices. The choice is
     made per (M, N, K) at the first call, on that call's own arrays (the best of 3 calls of
     each; both results are computed, the chosen one returned), with the same ``MARGIN``; float32
     NumPy arrays with K ≥ 2·``CHUNK`` only. The two differ only in the order of the float32 sums.
