@@ -16,43 +16,21 @@ to PyTorch). Results: benchmarks/README.md ("AMD EPYC, 7 Dec 2026, second sessio
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-
-CHILD = """
-import json, sys, time
-sys.path.insert(0, {root!r}); sys.path.insert(0, {here!r})
-import speed
-import ccledu
-assert ccledu.blas_threads.STATE["value"] == {timeout!r}, ccledu.blas_threads.STATE
-spec, N, act = speed.CONFIGS[{config!r}]
-step, sync, _ = speed.ccledu_step({rule!r}, spec, N, act, "cpu")
-for _ in range({warmup}):
-    step(); sync()
-times = []
-for _ in range({steps}):
-    t = time.perf_counter(); step(); sync(); times.append(time.perf_counter() - t)
-print(json.dumps(times))
-"""
+sys.path.insert(0, str(HERE))
 
 DEFAULT_CASES = "mlp:bp,mlp:fa,mlp:dfa,mlp:ccl,mlp:ff,cnn:bp,cnn:fa,cnn:dfa,cnn:ccl,cnn:ff"
 
 
 def child_times(config: str, rule: str, timeout: str, steps: int, warmup: int) -> list:
-    env = dict(os.environ, OPENBLAS_THREAD_TIMEOUT=timeout)
-    code = CHILD.format(root=str(HERE.parent), here=str(HERE), config=config, rule=rule,
-                        timeout=timeout, steps=steps, warmup=warmup)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"the {config}/{rule} step with OPENBLAS_THREAD_TIMEOUT={timeout} "
-                         f"failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    from layout_ab import step_times          # the same child process, another variable
+    check = ("import ccledu; assert ccledu.blas_threads.STATE['value'] == "
+             f"{timeout!r}, ccledu.blas_threads.STATE")
+    return step_times(config, rule, {"OPENBLAS_THREAD_TIMEOUT": timeout}, steps, warmup, check)
 
 
 def main(argv=None) -> int:

@@ -27,6 +27,7 @@ CHILD = """
 import json, sys, time
 sys.path.insert(0, {root!r}); sys.path.insert(0, {here!r})
 import speed
+{check}
 spec, N, act = speed.CONFIGS[{config!r}]
 step, sync, _ = speed.ccledu_step({rule!r}, spec, N, act, "cpu")
 for _ in range({warmup}):
@@ -38,13 +39,22 @@ print(json.dumps(times))
 """
 
 
-def child_times(rule: str, layout: str, steps: int, config: str, warmup: int) -> list:
-    env = dict(os.environ, CCLEDU_CONV_LAYOUT=layout)
+def step_times(config: str, rule: str, env: dict, steps: int, warmup: int, check: str = "") -> list:
+    """Seconds of each of ``steps`` ccledu training steps (after ``warmup`` untimed ones), timed
+    in a fresh Python process whose environment adds ``env``; ``check`` is a line of Python run
+    there first (an assertion that the environment took effect). Used by blas_spin_ab.py too."""
     code = CHILD.format(root=str(HERE.parent), here=str(HERE), config=config, rule=rule,
-                        steps=steps, warmup=warmup)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True)
+                        steps=steps, warmup=warmup, check=check)
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env),
+                         capture_output=True, text=True)
+    if out.returncode:
+        setting = " ".join(f"{k}={v}" for k, v in env.items())
+        raise SystemExit(f"the {config}/{rule} step with {setting} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child_times(rule: str, layout: str, steps: int, config: str, warmup: int) -> list:
+    return step_times(config, rule, {"CCLEDU_CONV_LAYOUT": layout}, steps, warmup)
 
 
 def main(argv=None) -> int:
