@@ -408,12 +408,13 @@ def _relu_grad(xp, z, a):
 
 
 def _elu(xp, z):
-    # α = 1. ELU(z) = max(z, 0) + expm1(min(z, 0)): one of the two terms is always 0, and
-    # expm1 never sees a large positive z (no overflow).
-    z0 = zero(z)
-    a = xp.minimum(z, z0)
+    # α = 1. ELU(z) = max(z, expm1(min(z, 0))): for z > 0 the second term is 0, and for z ≤ 0
+    # it is eᶻ − 1 ≥ z (also after rounding); expm1 never sees a large positive z (no
+    # overflow). One temporary array, three passes. (Until 7 Dec 2026: expm1(min(z, 0)) +
+    # max(z, 0), the same bits, ELU(−0) = +0 included, with a second temporary and a fourth pass.)
+    a = xp.minimum(z, zero(z))
     a = expm1_nonpositive(a)     # = xp.expm1(a); float32 NumPy: the kernel measured fastest here
-    a += xp.maximum(z, z0)
+    xp.maximum(z, a, out=a)      # z first: for z = −0 NumPy on x86 returns a = +0, as the sum did
     return a
 
 

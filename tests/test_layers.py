@@ -311,3 +311,26 @@ def test_upsample_layouts_and_bad_layout_setting(rng, monkeypatch):
     monkeypatch.setenv("CCLEDU_CONV_LAYOUT", "nhwc")
     with pytest.raises(ValueError, match="CCLEDU_CONV_LAYOUT='nhwc': use one of batch_last, channel_major"):
         Conv2d(1, 2, 3).forward(np.zeros((1, 1, 5, 5), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_elu_is_the_textbook_sum_bit_for_bit(dtype, monkeypatch):
+    """ELU is computed as max(z, expm1(min(z, 0))) (one temporary); it equals the textbook
+    expm1(min(z, 0)) + max(z, 0) bit for bit (NaN, infinities, subnormals, tiny and large
+    values; −0 by value, whose sign NumPy leaves to the CPU), with NumPy's expm1."""
+    from ccledu import accel
+    from ccledu.layers import activate
+    monkeypatch.setenv("CCLEDU_KERNELS", "expm1_nonpositive=default")
+    monkeypatch.setattr(accel, "_chosen", {})
+    rng = np.random.default_rng(7)
+    special = np.array([0.0, np.nan, np.inf, -np.inf, 1e-45, -1e-45, 1e-38, -1e-38, -1e-8, 1e-8,
+                        -20.0, -200.0, 3.5, -0.5], dtype)
+    z = np.concatenate([np.tile(special, 300), rng.standard_normal(50_000).astype(dtype),
+                        (1e-6 * rng.standard_normal(50_000)).astype(dtype)])
+    textbook = np.expm1(np.minimum(z, 0)) + np.maximum(z, 0)
+    ints = np.int32 if dtype == np.float32 else np.int64
+    got = activate("elu", z)
+    assert got.dtype == dtype
+    assert np.array_equal(got.view(ints), textbook.view(ints)), "mine vs textbook ELU differ in bits"
+    mz = np.full(64, -0.0, dtype)
+    assert np.all(activate("elu", mz) == 0)
