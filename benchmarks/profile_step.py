@@ -48,7 +48,6 @@ sys.path.insert(0, str(HERE))
 import ccledu  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
-import ccledu  # noqa: E402,F401
 from ccledu import im2col as im2col_mod  # noqa: E402
 from ccledu import layers, losses, optim  # noqa: E402
 from ccledu.accel import weight_grad  # noqa: E402

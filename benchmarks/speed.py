@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE))
 import ccledu  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
+from ccledu import accel  # noqa: E402
 from ccledu.backend import asarray, get_array_module, use  # noqa: E402
 from ccledu.backend import machine_info as backend_machine_info  # noqa: E402
 from ccledu.models import build_model  # noqa: E402
@@ -313,7 +314,6 @@ def warm_up(step, sync, max_calls: int = 40) -> int:
     the first rule of a config timed without this paid for the slower candidates (CNN BP was
     0.1-0.2 below FA in every report before 7 Dec 2026, though the two steps do the same work).
     Returns the number of calls made."""
-    from ccledu import accel
     for n in range(1, max_calls + 1):
         step()
         sync()
@@ -554,11 +554,7 @@ def main(argv=None):
                                results["peak"]["peak"], log)
     if not (args.quick or args.no_scaling):
         results["scaling"] = run_scaling(args.device, max(3, reps // 2), log)
-    try:
-        from ccledu import accel
-        results["kernels"] = accel.choices()
-    except ImportError:                   # a ccledu without accelerators (older checkouts)
-        results["kernels"] = {}
+    results["kernels"] = accel.choices()
     # the peak again, after the steps: one slow spell of a shared machine during the first
     # measurement made a step look faster than the peak (% of peak above 100); the report uses
     # the best of the two measurements

@@ -40,7 +40,7 @@ Kernels:
     slow as the whole product), while the second conv's (64 × 288, K = 25 088) took 6.51 ms whole
     and 6.67 in slices. The choice is
     made per (M, N, K) at the first call, on that call's own arrays (the best of 3 calls of
-    each; both results are computed, the chosen one returned), with the same ``MARGIN``; float32
+    each, then the chosen one computes the result), with the same ``MARGIN``; float32
     NumPy arrays with K ≥ 2·``CHUNK`` only. The two differ only in the order of the float32 sums.
 
 ``run_tiles(kernel, body, *arrays)``
@@ -159,6 +159,27 @@ def _forced() -> dict:
     return out
 
 
+def _forced_candidate(kernel: str, candidates, default: str = "default"):
+    """The candidate ``CCLEDU_KERNELS`` forces for ``kernel``, or None when it forces none;
+    the value 'default' stands for ``default`` (the tap loops call theirs 'whole')."""
+    forced = _forced()
+    want = forced.get(kernel, forced.get("*"))
+    if want is None:
+        return None
+    want = default if want == "default" else want
+    if want not in candidates:
+        also = "" if default == "default" else " (or 'default')"
+        raise ValueError(f"CCLEDU_KERNELS: kernel {kernel!r} has no candidate {want!r}; "
+                         f"choose one of {list(candidates)}{also}")
+    return want
+
+
+def _by_margin(ms: dict) -> str:
+    """'default', unless another candidate's best time beats it by ``MARGIN``."""
+    fastest = min(ms, key=ms.get)
+    return fastest if ms["default"] >= MARGIN * ms[fastest] else "default"
+
+
 def _best_ms(fn, sample, reps: int = 5) -> float:
     """Best time of ``fn`` on a fresh copy of ``sample`` (the copy is made outside the timer)."""
     work = sample.copy()
@@ -177,20 +198,13 @@ def choose(name: str) -> str:
     if name in _chosen:
         return _chosen[name]["use"]
     candidates, sample = _KERNELS[name]
-    forced = _forced()
-    want = forced.get(name, forced.get("*"))
+    want = _forced_candidate(name, candidates)
     if want is not None:
-        if want not in candidates:
-            raise ValueError(f"CCLEDU_KERNELS: kernel {name!r} has no candidate {want!r}; "
-                             f"choose one of {list(candidates)}")
         _chosen[name] = {"use": want, "ms": {}, "why": "forced by CCLEDU_KERNELS"}
         return want
     arg = sample()
     ms = {c: _best_ms(fn, arg) for c, fn in candidates.items()}
-    use = "default"
-    fastest = min(ms, key=ms.get)
-    if fastest != "default" and ms["default"] >= MARGIN * ms[fastest]:
-        use = fastest
+    use = _by_margin(ms)
     _chosen[name] = {"use": use, "ms": ms,
                      "why": f"measured on {SAMPLE_SIZE} float32 elements, margin {MARGIN}"}
     return use
@@ -330,12 +344,8 @@ def weight_grad(a, b):
     name = f"weight_grad@{a.shape[0]}x{b.shape[0]}x{a.shape[1]}"
     rec = _chosen.get(name)
     if rec is None:
-        forced = _forced()
-        want = forced.get("weight_grad", forced.get("*"))
+        want = _forced_candidate("weight_grad", _WEIGHT_GRAD)
         if want is not None:
-            if want not in _WEIGHT_GRAD:
-                raise ValueError(f"CCLEDU_KERNELS: kernel 'weight_grad' has no candidate "
-                                 f"{want!r}; choose one of {list(_WEIGHT_GRAD)}")
             rec = {"use": want, "ms": {}, "why": "forced by CCLEDU_KERNELS"}
         else:
             ms = {c: math.inf for c in _WEIGHT_GRAD}
@@ -345,10 +355,8 @@ def weight_grad(a, b):
                     fn(a, b)
                     if rnd:
                         ms[c] = min(ms[c], 1e3 * (time.perf_counter() - t))
-            fastest = min(ms, key=ms.get)
-            use = fastest if ms["default"] >= MARGIN * ms[fastest] else "default"
-            rec = {"use": use, "ms": ms, "why": f"best of 3 calls on the first call's arrays, "
-                                                f"margin {MARGIN}"}
+            rec = {"use": _by_margin(ms), "ms": ms,
+                   "why": f"best of 3 calls on the first call's arrays, margin {MARGIN}"}
         _chosen[name] = rec
     return _WEIGHT_GRAD[rec["use"]](a, b)
 
@@ -467,13 +475,8 @@ def run_tiles(kernel: str, body, *arrays, axes=(0, 1)) -> None:
     if rec is None:
         cands = _tile_candidates()
         rec = {"times": {c: [] for c in cands}, "use": None, "why": "", "warm": False}
-        forced = _forced()
-        want = forced.get(kernel, forced.get("*"))
+        want = _forced_candidate(kernel, cands, default="whole")
         if want is not None:
-            want = "whole" if want == "default" else want
-            if want not in cands:
-                raise ValueError(f"CCLEDU_KERNELS: kernel {kernel!r} has no candidate {want!r}; "
-                                 f"choose one of {list(cands)} (or 'default')")
             rec["use"], rec["why"] = want, "forced by CCLEDU_KERNELS"
         _tiles[key] = rec                 # only once the choice is valid
     use = rec["use"]
