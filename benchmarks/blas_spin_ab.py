@@ -42,6 +42,10 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--kind", default="", help="'auto': also write the report to "
+                    "results/blas_spin_ab_<CPU kind>.md (speed.machine_kind); another value "
+                    "names the kind")
+    ap.add_argument("--out", help="also write the report to this Markdown file")
     a = ap.parse_args(argv)
     timeouts = [t.strip() for t in a.timeouts.split(",") if t.strip()]
     bad = [t for t in timeouts if not t.isdigit() or not 4 <= int(t) <= 30]
@@ -55,27 +59,40 @@ def main(argv=None) -> int:
             ap.error(f"--cases: {c!r} is not config:rule (e.g. cnn:bp)")
         cases.append((config, rule))
     import speed
+    from tqdm import tqdm
     info = speed.machine_info("cpu")
     info.pop("blas_thread_timeout", None)             # set per process below
-    print("Machine:", ", ".join(f"{k} {v}" for k, v in info.items()))
-    print(f"Command: {speed.command_line('blas_spin_ab.py', argv)}")
-    print()
+    lines = [f"# OpenBLAS's idle-thread spin: training steps with OPENBLAS_THREAD_TIMEOUT = "
+             f"{' and '.join(timeouts)} (CPU)", "",
+             f"Each (case, value) in its own processes, {a.warmup} untimed then {a.steps} timed "
+             f"steps, {a.rounds} rounds alternating; best / median of the per-process medians "
+             f"(ms). 28 is OpenBLAS's default, 20 the value ccledu sets (`ccledu.blas_threads`).",
+             "", "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+             f"Command: `{speed.command_line('blas_spin_ab.py', argv)}`", ""]
     runs = {(c, t): [] for c in cases for t in timeouts}
-    for _ in range(a.rounds):
-        for case in cases:
-            for t in timeouts:
-                runs[(case, t)].append(child_times(*case, t, a.steps, a.warmup))
+    jobs = [(case, t) for _ in range(a.rounds) for case in cases for t in timeouts]
+    for case, t in tqdm(jobs, desc="processes", unit="proc", file=sys.stderr):
+        runs[(case, t)].append(child_times(*case, t, a.steps, a.warmup))
     ref = timeouts[0]
-    print("| config | rule | " + " | ".join(f"t={t}: best / median ms" for t in timeouts)
-          + " | " + " | ".join(f"best t={ref} / t={t}" for t in timeouts[1:]) + " |")
-    print("|---|---|" + "---|" * (2 * len(timeouts) - 1))
+    lines.append("| config | rule | " + " | ".join(f"t={t}: best / median ms" for t in timeouts)
+                 + " | " + " | ".join(f"best t={ref} / t={t}" for t in timeouts[1:]) + " |")
+    lines.append("|---|---|" + "---|" * (2 * len(timeouts) - 1))
     for case in cases:
         best = {t: 1e3 * min(min(r) for r in runs[(case, t)]) for t in timeouts}
         med = {t: 1e3 * statistics.median(statistics.median(r) for r in runs[(case, t)])
                for t in timeouts}
-        print(f"| {case[0]} | {case[1]} | "
-              + " | ".join(f"{best[t]:.2f} / {med[t]:.2f}" for t in timeouts) + " | "
-              + " | ".join(f"{best[ref] / best[t]:.3f}" for t in timeouts[1:]) + " |")
+        lines.append(f"| {case[0]} | {case[1]} | "
+                     + " | ".join(f"{best[t]:.2f} / {med[t]:.2f}" for t in timeouts) + " | "
+                     + " | ".join(f"{best[ref] / best[t]:.3f}" for t in timeouts[1:]) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    out = a.out
+    if a.kind and not out:
+        kind = speed.machine_kind(info) if a.kind == "auto" else a.kind
+        out = str(HERE / "results" / f"blas_spin_ab_{kind}.md")
+    if out:
+        Path(out).write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
     return 0
 
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 import ccledu  # noqa: E402,F401
 import numpy as np  # noqa: E402
 
-from speed import command_line, cpu_kind, machine_info, time_pair  # noqa: E402
+from speed import command_line, machine_info, machine_kind, time_pair  # noqa: E402
 
 from ccledu.accel import conv_layout, weight_grad  # noqa: E402
 from ccledu.im2col import col2im_taps, im2col_taps  # noqa: E402
@@ -185,7 +185,7 @@ def main(argv=None):
         p.error("this comparison needs PyTorch: pip install torch==2.13.0")
     torch.set_num_threads(os.cpu_count())
     machine = machine_info("cpu")
-    suffix = f"_{cpu_kind(machine.get('cpu', ''))}" if args.kind == "auto" else \
+    suffix = f"_{machine_kind(machine)}" if args.kind == "auto" else \
         (f"_{args.kind}" if args.kind else "")
     res = {"machine": machine, "command": command_line("layer_parts.py", argv), "reps": args.reps,
            "load_start": [round(v, 2) for v in os.getloadavg()], "rows": []}

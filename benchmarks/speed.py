@@ -60,15 +60,34 @@ SIMD_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl",
               "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
 
 
-def cpu_kind(model: str) -> str:
-    """A short machine-kind name for result files: 'intel-xeon', 'amd-epyc', else the model's
-    first two words, lower case, joined by '-'."""
+def cpu_kind(model: str, flags: str = "", dispatch: str = "") -> str:
+    """A short machine-kind name for result files: 'amd-epyc', 'intel-xeon', else the model's
+    first two words, lower case, joined by '-'.
+
+    Cloud CPUs often report one model name ("Intel(R) Xeon(R) Processor") for several
+    generations, so an Intel Xeon is told apart by what it can do (``flags``: /proc/cpuinfo's,
+    ``dispatch``: NumPy's active SIMD targets, as in :func:`cpu_details`): with AMX tiles
+    'intel-xeon' (the Sapphire Rapids kind these benchmarks first ran on), else with NumPy's
+    AVX512_ICL target 'intel-xeon-icl' (Ice Lake and later without AMX), else with AVX-512
+    'intel-xeon-skx', else 'intel-xeon-avx2'. Without flags (an old report) it stays
+    'intel-xeon'."""
     low = model.lower()
     for vendor, family in (("intel", "xeon"), ("amd", "epyc"), ("amd", "ryzen"), ("intel", "core")):
         if vendor in low and family in low:
-            return f"{vendor}-{family}"
+            name = f"{vendor}-{family}"
+            flag_set, targets = set(flags.split()), set(dispatch.split())
+            if name == "intel-xeon" and flag_set and "amx_tile" not in flag_set:
+                name += ("-icl" if "AVX512_ICL" in targets
+                         else "-skx" if "avx512f" in flag_set else "-avx2")
+            return name
     words = [w for w in "".join(c if c.isalnum() else " " for c in low).split() if w]
     return "-".join(words[:2]) or "cpu"
+
+
+def machine_kind(machine: dict) -> str:
+    """:func:`cpu_kind` of a :func:`machine_info` record."""
+    return cpu_kind(machine.get("cpu", ""), machine.get("cpu_flags", ""),
+                    machine.get("numpy_simd_dispatch", ""))
 
 
 def cpu_details() -> dict:
@@ -514,8 +533,9 @@ def main(argv=None):
                    help="'cpu': time each call by the CPU time of the calling thread, needs "
                         "--threads 1; much less disturbed by other jobs on a shared machine")
     p.add_argument("--kind", default="", help="machine-kind suffix of the result files: "
-                   "'auto' names them after the CPU (speed_cpu_intel-xeon.json, speed_cpu_amd-epyc.json); "
-                   "default: none (speed_cpu.json)")
+                   "'auto' names them after the CPU kind (machine_kind: speed_cpu_amd-epyc.json, "
+                   "speed_cpu_intel-xeon.json, speed_cpu_intel-xeon-icl.json); default: none "
+                   "(speed_cpu.json)")
     p.add_argument("--render", metavar="JSON", help="only rewrite the Markdown report and plots "
                    "from a results file this script wrote (no timing)")
     args = p.parse_args(argv)
@@ -566,7 +586,7 @@ def main(argv=None):
         results["peak"]["peak"] = best
     log(f"peak after the steps: {results['peak_end']}")
     results["load_end"] = [round(v, 2) for v in os.getloadavg()]
-    kind = cpu_kind(results["machine"].get("cpu", "")) if args.kind == "auto" else args.kind
+    kind = machine_kind(results["machine"]) if args.kind == "auto" else args.kind
     stem = out / (f"speed_{args.device}_{kind}" if kind else f"speed_{args.device}")
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
     plot(results, stem)

@@ -233,6 +233,42 @@ def test_blas_spin_ab_times_each_value_in_its_own_process():
     assert all(float(v) > 0 for c in cells[2:4] for v in c.split(" / "))
 
 
+def test_machine_kind_tells_the_cpu_kinds_apart():
+    """Result files are named by machine kind; the Intel kinds share one model name and are
+    told apart by their flags (the committed reports' own machine records map to their names)."""
+    sys.path.insert(0, str(BENCH))
+    import speed
+    xeon = "Intel(R) Xeon(R) Processor"
+    assert speed.cpu_kind(xeon, "avx2 avx512f amx_tile", "AVX512_ICL AVX512_SPR") == "intel-xeon"
+    assert speed.cpu_kind(xeon, "avx2 avx512f avx512_vnni", "X86_V4 AVX512_ICL") == "intel-xeon-icl"
+    assert speed.cpu_kind(xeon, "avx2 avx512f", "X86_V4 AVX512_SKX") == "intel-xeon-skx"
+    assert speed.cpu_kind(xeon, "avx avx2 fma", "X86_V3") == "intel-xeon-avx2"
+    assert speed.cpu_kind(xeon) == "intel-xeon"                  # an old record without flags
+    assert speed.cpu_kind("AMD EPYC 9R14 96-Core Processor", "avx512f") == "amd-epyc"
+    assert speed.cpu_kind("Some Other CPU v2") == "some-other"
+    for kind in ("amd-epyc", "intel-xeon", "intel-xeon-icl"):
+        machine = json.loads((BENCH / "results" / f"speed_cpu_{kind}.json").read_text())["machine"]
+        assert speed.machine_kind(machine) == kind
+
+
+def test_cpu_session_script_writes_every_report_of_its_kind(tmp_path):
+    """benchmarks/cpu_session.sh (the issue-19 measurements for a new CPU kind), smoke-run with
+    tiny repetitions: all four reports under the machine kind's names, no step failed."""
+    pytest.importorskip("torch")
+    env = dict(os.environ, QUICK="1", OUT=str(tmp_path))
+    r = subprocess.run(["bash", str(BENCH / "cpu_session.sh")], cwd=BENCH.parent, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    sys.path.insert(0, str(BENCH))
+    import speed
+    kind = speed.machine_kind(speed.machine_info("cpu"))
+    for name in (f"blas_spin_ab_{kind}.md", f"speed_cpu_{kind}.json", f"speed_cpu_{kind}.md",
+                 f"layer_parts_cpu_{kind}.md", f"profile_cpu_{kind}.md", f"profile_cpu_{kind}.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert "| mlp | dfa |" in (tmp_path / f"blas_spin_ab_{kind}.md").read_text()
+    assert f"machine kind: {kind}" in r.stdout and "failed" not in r.stdout
+
+
 def test_blas_spin_ab_refuses_bad_values_clearly():
     r = subprocess.run([sys.executable, str(BENCH / "blas_spin_ab.py"), "--timeouts", "28,99"],
                        capture_output=True, text=True)
