@@ -184,30 +184,49 @@ def time_fn(fn, reps: int, warmup: int = 2, sync=lambda: None) -> tuple:
 ROUNDS = 8
 
 
+#: the grid's timed blocks last at least this long (seconds): a short step (the MLP's ~4 ms) is
+#: then timed ~10 times per block instead of once, and its best call moves less between runs
+MIN_BLOCK_S = 0.05
+#: at most this many timed calls per block
+MAX_BLOCK_CALLS = 64
+
+
 def time_pair(fn_a, fn_b, reps: int, sync_a=lambda: None, sync_b=lambda: None, rounds: int = ROUNDS,
-              pause: float = 0.3):
+              pause: float = 0.3, min_block_s: float = 0.0, counts: dict | None = None):
     """((best, median) of ``fn_a``, (best, median) of ``fn_b``), seconds per call, timed in
     alternating blocks (a×k, b×k, a×k, ... for ``rounds`` rounds, k = ceil(reps/rounds)) so that
     a slow spell of the machine hits both alike. Before each block the machine rests for
     ``pause`` seconds and one untimed call is made: the other library's idle worker threads keep
     spinning for a while after its last call (OpenBLAS, and the OpenMP runtime under PyTorch,
     ~0.1-0.2 s by default) and would otherwise steal the cores from the first timed calls.
+    With ``min_block_s`` > 0, k is raised so that a block lasts about that long, judged from the
+    first untimed call of ``fn_a`` (at most ``MAX_BLOCK_CALLS``); both sides use the same k, so
+    that the best of each is taken over as many calls. ``counts``, if given, receives the timed
+    calls of each side ({"a": n, "b": n}).
 
     The report's ms/step and ratios use the best call of each side: on a shared machine noise
     only ever adds time, and the median of the same calls moved a ratio by up to ±30 % between
     runs (2-core VM, Dec 2026) where the best moved it by a few per cent."""
     k = max(1, -(-reps // rounds))
+    first = None
     ta, tb = [], []
     for _ in range(rounds):
         for fn, sync, out in ((fn_a, sync_a, ta), (fn_b, sync_b, tb)):
             time.sleep(pause)
+            t = CLOCK()
             fn()
             sync()
+            if first is None:
+                first = CLOCK() - t
+                if min_block_s > 0:
+                    k = int(min(max(k, -(-min_block_s // max(first, 1e-6))), max(k, MAX_BLOCK_CALLS)))
             for _ in range(k):
                 t = CLOCK()
                 fn()
                 sync()
                 out.append(CLOCK() - t)
+    if counts is not None:
+        counts.update(a=len(ta), b=len(tb))
     return (min(ta), statistics.median(ta)), (min(tb), statistics.median(tb))
 
 
@@ -364,14 +383,15 @@ def run_grid(device: str, configs, rules, reps: int, peak: float, log) -> list:
             if tstep is None:
                 (t_ours, med_ours), t_torch = time_fn(step, r, sync=sync), None
             else:
-                (t_ours, med_ours), (t_torch, med_torch) = time_pair(step, tstep, r, sync_a=sync,
-                                                                    sync_b=tsync)
+                calls = {}
+                (t_ours, med_ours), (t_torch, med_torch) = time_pair(
+                    step, tstep, r, sync_a=sync, sync_b=tsync, min_block_s=MIN_BLOCK_S, counts=calls)
             row = {"config": cname, "spec": spec, "batch": N, "rule": rule,
                    "ccledu_ms": 1e3 * t_ours, "ccledu_ms_median": 1e3 * med_ours,
                    "ccledu_samples_per_s": N / t_ours,
                    "gflop_per_step": flops / 1e9, "flops": "counted (ccledu.flops)",
                    "hand_gflop_per_step": None if hand is None else hand / 1e9, "reps": r,
-                   "timed_calls": r if tstep is None else ROUNDS * -(-r // ROUNDS),
+                   "timed_calls": r if tstep is None else calls["a"],
                    "warmup_calls": warm}
             row["fraction_of_peak"] = row["gflop_per_step"] / t_ours / peak
             if t_torch is None:
@@ -379,6 +399,7 @@ def run_grid(device: str, configs, rules, reps: int, peak: float, log) -> list:
             else:
                 row["torch_ms"], row["torch_ms_median"] = 1e3 * t_torch, 1e3 * med_torch
                 row["torch_samples_per_s"] = N / t_torch
+                row["torch_timed_calls"] = calls["b"]
                 row["ratio_torch_over_ccledu"] = t_torch / t_ours
             rows.append(row)
             log(f"{cname:9s} {rule:5s}  ccledu {row['ccledu_ms']:8.2f} ms"
@@ -495,14 +516,18 @@ def report(results: dict, path: Path, command: str):
                   "similarity products) and FF's label grating on a CNN input; elsewhere the two agree. "
                   "Every rule runs the config's activation; rules whose counted step exceeds 4 BP steps "
                   "(the target-propagation family) get a quarter of the repetitions, at least 4 "
-                  "(`reps` in the JSON file; with PyTorch each side makes 8 · ceil(reps / 8) timed "
-                  "calls, `timed_calls`). The PyTorch peers of the rules after ff are checked "
-                  "against ccledu's step in float64 by tests/test_torch_peers.py."]
+                  "(`reps` in the JSON file; with PyTorch each side makes at least 8 · ceil(reps / 8) "
+                  "timed calls, `timed_calls` and `torch_timed_calls`). The PyTorch peers of the rules "
+                  "after ff are checked against ccledu's step in float64 by tests/test_torch_peers.py."]
+    filled = any("torch_timed_calls" in r for r in results["grid"])
+    block = (f"then as many timed calls as fill {1e3 * MIN_BLOCK_S:.0f} ms (at least ceil(reps / 8), "
+             f"at most {MAX_BLOCK_CALLS}; judged from ccledu's first untimed call, the same number for both)" if filled else
+             "then ceil(reps / 8) timed calls")
     lines += ["", "A ratio above 1 means ccledu's step is faster than PyTorch's. Each row times the two "
-              "steps in alternating blocks (ccledu ×k, PyTorch ×k, ... over 8 rounds, each block after "
-              "a 0.3 s pause and one untimed step), so a slow spell of the machine affects both; ms/step "
-              "is the best timed call of each side (noise on a shared machine only adds time; the "
-              "medians are in the JSON file).", "",
+              "steps in alternating blocks (ccledu ×k, PyTorch ×k, ... over 8 rounds; each block: a "
+              f"0.3 s pause, one untimed step, {block}), so a slow spell of the machine affects both; "
+              "ms/step is the best timed call of each side (noise on a shared machine only adds time; "
+              "the medians are in the JSON file).", "",
               "s/epoch is the time of one epoch's training steps, ceil(n / batch) × the step time, with n "
               "the training images of an epoch under the trainer's 90/10 split: "
               + ", ".join(f"{c} {d} {n}" for c, (d, n) in EPOCH_IMAGES.items())

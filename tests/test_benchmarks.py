@@ -233,6 +233,33 @@ def test_blas_spin_ab_times_each_value_in_its_own_process():
     assert all(float(v) > 0 for c in cells[2:4] for v in c.split(" / "))
 
 
+def test_time_pair_fills_blocks_alike_for_both_sides():
+    """speed.time_pair with min_block_s: a short step is timed several times per block, and the
+    two sides the same number of times (so that their best calls are taken over as many)."""
+    import time
+    sys.path.insert(0, str(BENCH))
+    import speed
+    calls = {"a": 0, "b": 0}
+
+    def fa():
+        calls["a"] += 1
+        time.sleep(0.002)
+
+    def fb():
+        calls["b"] += 1
+        time.sleep(0.004)
+
+    counts = {}
+    (best_a, med_a), (best_b, med_b) = speed.time_pair(fa, fb, 2, rounds=2, pause=0.0,
+                                                       min_block_s=0.02, counts=counts)
+    assert counts["a"] == counts["b"] and 2 * 5 <= counts["a"] <= 2 * 10    # k from fa's ~2 ms
+    assert calls["a"] == counts["a"] + 2 and calls["b"] == counts["b"] + 2  # + one untimed per block
+    assert 0.002 <= best_a <= med_a and 0.004 <= best_b <= med_b and best_a < best_b
+    counts = {}
+    speed.time_pair(fa, fb, 4, rounds=2, pause=0.0, counts=counts)       # without: ceil(reps/rounds)
+    assert counts == {"a": 4, "b": 4}
+
+
 def test_machine_kind_tells_the_cpu_kinds_apart():
     """Result files are named by machine kind; the Intel kinds share one model name and are
     told apart by their flags (the committed reports' own machine records map to their names)."""
