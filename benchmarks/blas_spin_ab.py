@@ -66,7 +66,8 @@ def main(argv=None) -> int:
              f"{' and '.join(timeouts)} (CPU)", "",
              f"Each (case, value) in its own processes, {a.warmup} untimed then {a.steps} timed "
              f"steps, {a.rounds} rounds alternating; best / median of the per-process medians "
-             f"(ms). 28 is OpenBLAS's default, 20 the value ccledu sets (`ccledu.blas_threads`).",
+             f"(ms). 28 is OpenBLAS's default, 20 the value ccledu sets (`ccledu.blas_threads`). "
+             f"Discussion: benchmarks/README.md.",
              "", "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
              f"Command: `{speed.command_line('blas_spin_ab.py', argv)}`", ""]
     runs = {(c, t): [] for c in cases for t in timeouts}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every CPU speed measurement of issue 19 for the machine this runs on, in one go (about 20
+# Every CPU speed measurement of issue 19 for the machine this runs on, in one go (about 8
 # minutes on a 2-core machine; run from the repository root, nothing else running):
 #
 #   bash benchmarks/cpu_session.sh            # results under benchmarks/results/
