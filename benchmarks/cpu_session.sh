@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every CPU speed measurement of issue 19 for the machine this runs on, in one go (about 8
-# minutes on a 2-core machine; run from the repository root, nothing else running):
+# minutes on a 2-core machine, with nothing else running; from any folder):
 #
 #   bash benchmarks/cpu_session.sh            # results under benchmarks/results/
 #   OUT=/tmp/x bash benchmarks/cpu_session.sh # somewhere else
@@ -18,8 +18,10 @@
 #   4. profile_step.py   where a step's time goes (CPU clock, 1 thread)  -> profile_cpu_<kind>.*
 # The log of every step goes to $OUT/cpu_session_<kind>.log (not meant to be committed).
 set -uo pipefail
-out=${OUT:-benchmarks/results}
-mkdir -p "$out"
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+out=${OUT:-$root/benchmarks/results}
+mkdir -p "$out" && out=$(cd "$out" && pwd)     # absolute: the steps run from the repository root
+cd "$root" || exit 2
 py=$(command -v python3 || command -v python)
 export PYTHONUNBUFFERED=1
 if ! "$py" -c "import ccledu" 2>/dev/null; then
