@@ -241,8 +241,10 @@ class Optimizer:
         factor = self.warmup_factor()
         info = {}
         for group in self.groups:
-            # (1) copy + warm-up scaling; the caller's arrays are never touched.
-            work = {}
+            # (1) warm-up scaling into an array of our own: the caller's arrays are never
+            # touched. Without scaling or centralization the copy waits: clipping makes it as
+            # g * coef (one pass instead of a copy and a multiplication), else the update does.
+            work = {}                                  # name -> [gradient, is it our own copy?]
             for pname, p in group.params.items():
                 g = grads.get(pname)
                 if g is None:
@@ -253,14 +255,19 @@ class Optimizer:
                 xp = get_array_module(p, g)
                 if factor != 1.0 and g.dtype == p.dtype:
                     g = g * factor                      # the copy and the scaling in one pass
-                else:
+                elif factor != 1.0 or g.dtype != p.dtype:
                     g = xp.array(g, dtype=p.dtype, copy=True)
                     if factor != 1.0:
                         g *= factor
+                elif group.centralize and g.ndim > 1:
+                    g = g.copy()
+                else:
+                    work[pname] = [g, False]
+                    continue
                 # (2) gradient centralization
                 if group.centralize and g.ndim > 1:
                     g -= g.mean(axis=tuple(range(1, g.ndim)), keepdims=True)
-                work[pname] = g
+                work[pname] = [g, True]
             # (3) per-group clipping, computed on the device (no host sync): the factor
             # min(1, clip/(‖g‖ + 1e-6)) multiplies every gradient of the group; a factor of
             # exactly 1 leaves them unchanged, as torch.nn.utils.clip_grad_norm_ does.
@@ -268,7 +275,7 @@ class Optimizer:
             coef = 1.0
             if work:
                 sq = None
-                for g in work.values():
+                for g, _ in work.values():
                     gf = g.reshape(-1)
                     s = gf @ gf
                     sq = s if sq is None else sq + s
@@ -276,10 +283,15 @@ class Optimizer:
                 norm = xp.sqrt(sq)
                 if group.clip > 0:
                     coef = xp.minimum(group.clip / (norm + 1e-6), 1.0)
-                    for g in work.values():
-                        g *= coef
+                    for w in work.values():
+                        if w[1]:
+                            w[0] *= coef
+                        else:
+                            w[:] = [w[0] * coef, True]  # the copy and the clipping in one pass
             # (4) SGD with momentum and weight decay, or Adam
-            for pname, g in work.items():
+            for pname, (g, own) in work.items():
+                if not own:
+                    g = g.copy()
                 p = group.params[pname]
                 if group.weight_decay:
                     g += group.weight_decay * p
@@ -294,7 +306,8 @@ class Optimizer:
                     else:
                         buf *= group.momentum
                         buf += g
-                    p -= group.lr * buf
+                    get_array_module(g).multiply(buf, group.lr, out=g)   # η b, into our g
+                    p -= g
                 else:
                     g *= group.lr                   # g is this step's own copy: scale it in place
                     p -= g

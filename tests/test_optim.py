@@ -324,3 +324,62 @@ def test_matches_torch_adam_warmup_centralize_clip_and_cosine():
             np.testing.assert_allclose({**ours_f, **ours_b}[k], tp[k].detach().numpy(),
                                        rtol=1e-10, atol=1e-12)
         assert opt.lrs["fwd"] == pytest.approx(topt.param_groups[0]["lr"], rel=1e-10)
+
+
+def _reference_sgd(params, grads_seq, lr, momentum, wd, clip, centralize, warmup):
+    """The SGD update written out the plain way (copy, warm-up scale, centralize, clip, weight
+    decay, momentum, p -= η b), one temporary per operation: what Optimizer.step must equal
+    bit for bit, however it arranges its passes."""
+    params = {k: v.copy() for k, v in params.items()}
+    bufs = {}
+    for t, grads in enumerate(grads_seq):
+        factor = (t + 1) / warmup if t < warmup else 1.0
+        work = {}
+        for k, g in grads.items():
+            g = g * factor if factor != 1.0 else g.copy()
+            if centralize and g.ndim > 1:
+                g = g - g.mean(axis=tuple(range(1, g.ndim)), keepdims=True)
+            work[k] = g
+        sq = None
+        for g in work.values():
+            s = g.reshape(-1) @ g.reshape(-1)
+            sq = s if sq is None else sq + s
+        if clip > 0:
+            coef = np.minimum(clip / (np.sqrt(sq) + 1e-6), 1.0)
+            work = {k: g * coef for k, g in work.items()}
+        for k, g in work.items():
+            if wd:
+                g = g + wd * params[k]
+            if momentum:
+                bufs[k] = g.copy() if k not in bufs else bufs[k] * momentum + g
+                g = bufs[k]
+            params[k] = params[k] - lr * g
+    return params
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("momentum,wd,clip,centralize,warmup", [
+    (0.0, 0.0, 0.0, False, 0), (0.0, 0.0, 0.5, False, 0), (0.0, 0.0, 1e3, False, 0),
+    (0.9, 0.0, 0.5, False, 0), (0.9, 1e-3, 0.0, False, 0), (0.9, 1e-3, 0.5, True, 0),
+    (0.0, 0.0, 0.5, False, 2), (0.9, 0.0, 0.5, True, 3)])
+def test_sgd_equals_the_plain_sequence_bit_for_bit(dtype, momentum, wd, clip, centralize, warmup):
+    """Optimizer.step skips a copy and a temporary where it can (clipping makes the copy;
+    the momentum update reuses the gradient's copy); the parameters must come out exactly as
+    the plain sequence gives them, and the caller's gradients must stay untouched."""
+    rng = np.random.default_rng(3)
+    shapes = {"w": (5, 4), "b": (5,), "v": (3, 2, 2)}
+    params = {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+    grads_seq = [{k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+                 for _ in range(4)]
+    want = _reference_sgd(params, grads_seq, 0.1, momentum, wd, clip, centralize, warmup)
+    mine = {k: v.copy() for k, v in params.items()}
+    opt = Optimizer([ParamGroup("g", mine, lr=0.1, momentum=momentum, weight_decay=wd, clip=clip,
+                                centralize=centralize)], warmup=warmup)
+    for grads in grads_seq:
+        before = {k: v.copy() for k, v in grads.items()}
+        opt.step(grads)
+        for k in grads:
+            np.testing.assert_array_equal(grads[k], before[k], err_msg=f"caller's gradient {k} changed")
+    for k in shapes:
+        assert mine[k].dtype == dtype
+        np.testing.assert_array_equal(mine[k], want[k], err_msg=f"{k}: mine vs the plain sequence")
