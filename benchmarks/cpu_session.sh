@@ -11,9 +11,10 @@
 # known kind replaces that kind's files (the earlier ones stay in git's history; compare them
 # with `git diff` for the before/after). Each step has its own time limit, and a failing step
 # does not stop the ones after it:
-#   1. blas_spin_ab.py   OPENBLAS_THREAD_TIMEOUT 28 vs ccledu's 20, per rule -> blas_spin_ab_<kind>.md
+#   1. speed.py          ccledu vs PyTorch, MLP + CNN, every rule of the five -> speed_cpu_<kind>.*
+#      (first, so that its load average is not the previous step's)
+#   2. blas_spin_ab.py   OPENBLAS_THREAD_TIMEOUT 28 vs ccledu's 20, per rule -> blas_spin_ab_<kind>.md
 #      (if the MLP loses on this kind, ccledu.blas_threads needs a CPU condition)
-#   2. speed.py          ccledu vs PyTorch, MLP + CNN, every rule of the five -> speed_cpu_<kind>.*
 #   3. layer_parts.py    the CNN's pieces vs PyTorch's                 -> layer_parts_cpu_<kind>.*
 #   4. profile_step.py   where a step's time goes (CPU clock, 1 thread)  -> profile_cpu_<kind>.*
 # The log of every step goes to $OUT/cpu_session_<kind>.log (not meant to be committed).
@@ -59,8 +60,8 @@ step() {   # step NAME LIMIT_S COMMAND...: run it, log it, remember a failure
 }
 { date -u; echo "machine kind: $kind"; grep -m1 "model name" /proc/cpuinfo; nproc; } >"$log"
 echo "machine kind: $kind (log: $log)"
-step "1. BLAS spin A/B" 1200 "$py" benchmarks/blas_spin_ab.py "${spin[@]}" --out "$out/blas_spin_ab_$kind.md"
-step "2. speed" 1800 "$py" benchmarks/speed.py "${speed[@]}" --kind "$kind" --out "$out"
+step "1. speed" 1800 "$py" benchmarks/speed.py "${speed[@]}" --kind "$kind" --out "$out"
+step "2. BLAS spin A/B" 1200 "$py" benchmarks/blas_spin_ab.py "${spin[@]}" --out "$out/blas_spin_ab_$kind.md"
 step "3. layer parts" 900 "$py" benchmarks/layer_parts.py "${parts[@]}" --kind "$kind" --out "$out"
 step "4. profile" 1200 env OPENBLAS_NUM_THREADS=1 "$py" benchmarks/profile_step.py "${prof[@]}" \
   --clock cpu --out "$out/profile_cpu_$kind.md"
