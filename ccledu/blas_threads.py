@@ -21,8 +21,9 @@ imported, if
 element-wise work), so those products rarely wait for a sleeping worker, and end well inside a
 CNN step's multi-millisecond tap loops. Measured on a 2-core AMD EPYC (Zen 4, OpenBLAS 0.3.31
 SkylakeX kernels; ``python benchmarks/blas_spin_ab.py``, benchmarks/README.md "AMD EPYC, 7 Dec
-2026, second session"): CNN steps 1.09-1.17x as fast for the five rules, MLP steps unchanged
-(0.99-1.02x by best time); 2¹⁸ gave the same, 2²² less for the CNN. Not yet measured on the
+2026, second session" and "third session"; three A/B runs): CNN steps 1.09-1.27x as fast for
+the five rules, MLP steps 0.96-1.02x by best time (CCL 0.96-0.97 in two runs, 1.02 in the
+other); 2¹⁸ gave the same, 2²² less for the CNN. Not yet measured on the
 Intel kinds (run that script there). Nothing computed changes: only when an idle thread sleeps.
 The variable is inherited by child processes (sweep workers), whose OpenBLAS then reads it too.
 
