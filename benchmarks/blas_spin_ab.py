@@ -42,9 +42,6 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--kind", default="", help="'auto': also write the report to "
-                    "results/blas_spin_ab_<CPU kind>.md (speed.machine_kind); another value "
-                    "names the kind")
     ap.add_argument("--out", help="also write the report to this Markdown file")
     a = ap.parse_args(argv)
     timeouts = [t.strip() for t in a.timeouts.split(",") if t.strip()]
@@ -87,13 +84,9 @@ def main(argv=None) -> int:
                      + " | ".join(f"{best[ref] / best[t]:.3f}" for t in timeouts[1:]) + " |")
     text = "\n".join(lines) + "\n"
     print(text, end="")
-    out = a.out
-    if a.kind and not out:
-        kind = speed.machine_kind(info) if a.kind == "auto" else a.kind
-        out = str(HERE / "results" / f"blas_spin_ab_{kind}.md")
-    if out:
-        Path(out).write_text(text)
-        print(f"wrote {out}", file=sys.stderr)
+    if a.out:
+        Path(a.out).write_text(text)
+        print(f"wrote {a.out}", file=sys.stderr)
     return 0
 
 

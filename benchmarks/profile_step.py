@@ -265,9 +265,6 @@ def main(argv=None):
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="wall time, or the thread's CPU time (use with OPENBLAS_NUM_THREADS=1)")
     p.add_argument("--out", help="write the Markdown report (and a .json beside it) here")
-    p.add_argument("--kind", default="", help="'auto': write results/profile_<clock>_<CPU kind>.md "
-                   "(speed.machine_kind; --clock cpu gives profile_cpu_amd-epyc.md); another "
-                   "value names the kind; ignored with --out")
     args = p.parse_args(argv)
     global CLOCK
     CLOCK = time.thread_time if args.clock == "cpu" else time.perf_counter
@@ -288,10 +285,6 @@ def main(argv=None):
     load = (load0, [round(v, 2) for v in os.getloadavg()])
     machine = {k: v for k, v in machine_info("cpu").items() if not k.startswith("torch")}
     text = report(rows, machine, command, load)
-    if args.kind and not args.out:
-        from speed import machine_kind
-        kind = machine_kind(machine) if args.kind == "auto" else args.kind
-        args.out = str(HERE / "results" / f"profile_{args.clock}_{kind}.md")
     if args.out:
         import json
         out = Path(args.out)

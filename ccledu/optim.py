@@ -242,9 +242,10 @@ class Optimizer:
         info = {}
         for group in self.groups:
             # (1) warm-up scaling into an array of our own: the caller's arrays are never
-            # touched. Without scaling or centralization the copy waits: clipping makes it as
-            # g * coef (one pass instead of a copy and a multiplication), else the update does.
-            work = {}                                  # name -> [gradient, is it our own copy?]
+            # touched. Without scaling or centralization the copy waits (work[name] is then the
+            # caller's array itself): clipping makes it as g * coef (one pass instead of a copy
+            # and a multiplication), else the update does.
+            work = {}
             for pname, p in group.params.items():
                 g = grads.get(pname)
                 if g is None:
@@ -261,13 +262,10 @@ class Optimizer:
                         g *= factor
                 elif group.centralize and g.ndim > 1:
                     g = g.copy()
-                else:
-                    work[pname] = [g, False]
-                    continue
                 # (2) gradient centralization
                 if group.centralize and g.ndim > 1:
                     g -= g.mean(axis=tuple(range(1, g.ndim)), keepdims=True)
-                work[pname] = [g, True]
+                work[pname] = g
             # (3) per-group clipping, computed on the device (no host sync): the factor
             # min(1, clip/(‖g‖ + 1e-6)) multiplies every gradient of the group; a factor of
             # exactly 1 leaves them unchanged, as torch.nn.utils.clip_grad_norm_ does.
@@ -275,7 +273,7 @@ class Optimizer:
             coef = 1.0
             if work:
                 sq = None
-                for g, _ in work.values():
+                for g in work.values():
                     gf = g.reshape(-1)
                     s = gf @ gf
                     sq = s if sq is None else sq + s
@@ -283,14 +281,14 @@ class Optimizer:
                 norm = xp.sqrt(sq)
                 if group.clip > 0:
                     coef = xp.minimum(group.clip / (norm + 1e-6), 1.0)
-                    for w in work.values():
-                        if w[1]:
-                            w[0] *= coef
+                    for pname, g in work.items():
+                        if g is grads[pname]:
+                            work[pname] = g * coef      # the copy and the clipping in one pass
                         else:
-                            w[:] = [w[0] * coef, True]  # the copy and the clipping in one pass
+                            g *= coef
             # (4) SGD with momentum and weight decay, or Adam
-            for pname, (g, own) in work.items():
-                if not own:
+            for pname, g in work.items():
+                if g is grads[pname]:
                     g = g.copy()
                 p = group.params[pname]
                 if group.weight_decay:

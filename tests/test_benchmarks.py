@@ -252,7 +252,8 @@ def test_time_pair_fills_blocks_alike_for_both_sides():
     counts = {}
     (best_a, med_a), (best_b, med_b) = speed.time_pair(fa, fb, 2, rounds=2, pause=0.0,
                                                        min_block_s=0.02, counts=counts)
-    assert counts["a"] == counts["b"] and 2 * 5 <= counts["a"] <= 2 * 10    # k from fa's ~2 ms
+    # k from fa's first call (~2 ms, more on a loaded machine): at least 2 per block, not 1
+    assert counts["a"] == counts["b"] and 2 * 2 <= counts["a"] <= 2 * 10
     assert calls["a"] == counts["a"] + 2 and calls["b"] == counts["b"] + 2  # + one untimed per block
     assert 0.002 <= best_a <= med_a and 0.004 <= best_b <= med_b and best_a < best_b
     counts = {}
