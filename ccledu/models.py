@@ -203,6 +203,8 @@ def mlp(sizes, activation: str = "elu", bias: bool = False, seed=0, dtype="float
     sizes = [int(s) for s in sizes]
     if len(sizes) < 2:
         raise ValueError("an MLP needs at least an input width and a number of classes")
+    if min(sizes) < 1:
+        raise ValueError(f"MLP widths must be at least 1, got {sizes}")
     g = make_rng(seed)
     blocks = []
     for l in range(len(sizes) - 1):
@@ -242,6 +244,9 @@ def cnn(input_shape, channels, num_classes: int, activation: str = "elu", bias: 
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3:
         raise ValueError(f"a CNN input shape is (C, H, W), got {shape}")
+    if min(shape) < 1 or any(int(c) < 1 for c in channels) or int(num_classes) < 1:
+        raise ValueError(f"a CNN's input sizes, channels and number of classes must be at least "
+                         f"1, got input {shape}, channels {tuple(channels)}, {num_classes} classes")
     for ch in channels:
         conv = Conv2d(shape[0], int(ch), kernel, 1, kernel // 2, bias=bias, seed=g, dtype=dtype)
         b = conv_block(conv, activation, pool)
@@ -338,6 +343,14 @@ def _ae_input(data, depth: int):
     return (C, H, W)
 
 
+def _positive(spec: str, what: str, values, sep: str = "-") -> None:
+    """Refuse a zero in a model specification's sizes (a layer of width 0 has no units)."""
+    if any(v < 1 for v in values):
+        raise ValueError(f"model specification {spec!r}: every entry of its {what} must be at "
+                         f"least 1, got {sep.join(str(v) for v in values)} (e.g. "
+                         f"'mlp:784-256-10', 'cnn:1x28x28-c8-c16-10')")
+
+
 def parse_spec(spec: str, data: str | None = None):
     """Turn a model specification into ``(kind, args)``; see the module docstring."""
     s = spec.strip().lower()
@@ -350,11 +363,16 @@ def parse_spec(spec: str, data: str | None = None):
         return PRESETS[s]
     m = _MLP_RE.match(s)
     if m:
-        return "mlp", [int(v) for v in m.group(1).split("-")]
+        widths = [int(v) for v in m.group(1).split("-")]
+        _positive(spec, "widths", widths)
+        return "mlp", widths
     m = _CNN_RE.match(s)
     if m:
         shape = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
         chans = [int(c) for c in re.findall(r"c(\d+)", m.group(4))]
+        _positive(spec, "input size CxHxW", shape, "x")
+        _positive(spec, "channels", chans)
+        _positive(spec, "number of classes", [int(m.group(5))])
         return "cnn", (shape, tuple(chans), int(m.group(5)))
     m = _AE_RE.match(s)
     if m:

@@ -51,6 +51,23 @@ def test_paper_presets():
         get_rule("hebb")
 
 
+@pytest.mark.parametrize("spec, what", [("mlp:784-0-10", "widths"), ("mlp:0-10", "widths"),
+                                        ("mlp:784-10-0", "widths"),
+                                        ("cnn:1x28x28-c0-10", "channels"),
+                                        ("cnn:0x28x28-c8-10", "input size"),
+                                        ("cnn:1x28x28-c8-0", "number of classes")])
+def test_zero_sizes_refused(spec, what):
+    """A zero width, channel count, input size or class count is refused with the spec named
+    (it used to end in a ZeroDivisionError inside the weight initialisation)."""
+    with pytest.raises(ValueError, match=f"{spec!r}: every entry of its {what}"):
+        build_model(spec)
+    from ccledu.models import cnn, mlp
+    with pytest.raises(ValueError, match="must be at least 1"):
+        mlp([784, 0, 10])
+    with pytest.raises(ValueError, match="must be at least 1"):
+        cnn((1, 28, 28), (8,), 0)
+
+
 def test_same_seed_same_weights():
     a = build_model("mlp:20-8-4", seed=7).parameters()
     b = build_model("mlp:20-8-4", seed=7).parameters()
