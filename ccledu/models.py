@@ -247,7 +247,14 @@ def cnn(input_shape, channels, num_classes: int, activation: str = "elu", bias: 
     if min(shape) < 1 or any(int(c) < 1 for c in channels) or int(num_classes) < 1:
         raise ValueError(f"a CNN's input sizes, channels and number of classes must be at least "
                          f"1, got input {shape}, channels {tuple(channels)}, {num_classes} classes")
-    for ch in channels:
+    for i, ch in enumerate(channels):
+        if pool > 1 and min(shape[1:]) < pool:
+            raise ValueError(f"a CNN with input {tuple(int(s) for s in input_shape)} and "
+                             f"{len(channels)} conv block(s): each block's {pool}x{pool} max-pool "
+                             f"divides the image's height and width by {pool}, and block {i} would "
+                             f"get {shape[1]}x{shape[2]}, "
+                             f"too small to pool. Use at most {i} conv blocks for this input, or "
+                             f"a larger input")
         conv = Conv2d(shape[0], int(ch), kernel, 1, kernel // 2, bias=bias, seed=g, dtype=dtype)
         b = conv_block(conv, activation, pool)
         shape = b.output_shape(shape)

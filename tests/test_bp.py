@@ -68,6 +68,14 @@ def test_zero_sizes_refused(spec, what):
         cnn((1, 28, 28), (8,), 0)
 
 
+def test_too_many_conv_blocks_refused():
+    """Six 2x2 pools cannot fit a 28x28 input: refused before any layer is built, naming the
+    block that would get a 1x1 image (it used to fail inside a Conv2d on a 0x0 input)."""
+    with pytest.raises(ValueError, match=r"block 4 would get 1x1, too small to pool\. Use at most 4"):
+        build_model("cnn:1x28x28-c8-c8-c8-c8-c8-c8-10")
+    assert build_model("cnn:1x28x28-c8-c8-c8-c8-10").shapes[-2] == (8, 1, 1)
+
+
 def test_same_seed_same_weights():
     a = build_model("mlp:20-8-4", seed=7).parameters()
     b = build_model("mlp:20-8-4", seed=7).parameters()
