@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import functools
 import math
+
+import numpy as np
 
 from ..backend import asarray, asarray_like, get_array_module, to_numpy
 from ..losses import cross_entropy
@@ -20,6 +23,46 @@ class _NamedPresets:
 
     def __get__(self, obj, cls):
         return named(cls.name)
+
+
+def check_batch(model, x, y) -> None:
+    """ValueError, saying what is wrong and how to fix it, unless (x, y) is a batch ``model``
+    can be trained on: x an array (N, *model.input_shape) of floating-point numbers with N ≥ 1;
+    for a classifier y an integer array (N,) of labels in 0..C−1 (C = ``model.num_classes``;
+    the range is checked on host arrays only, so a GPU step never waits for it); for an
+    autoencoder (``num_classes`` None) y is not read. Every rule's :meth:`Rule.step` runs this
+    first (see :meth:`Rule.__init_subclass__`)."""
+    shape = getattr(x, "shape", None)
+    want = "(N, " + ", ".join(str(s) for s in model.input_shape) + ")"
+    if shape is None or not hasattr(x, "dtype"):
+        raise ValueError(f"x must be an array {want}, got {type(x).__name__}; "
+                         f"use numpy.asarray(x, dtype=model.dtype)")
+    if tuple(shape[1:]) != tuple(model.input_shape) or len(shape) < 1:
+        raise ValueError(f"x has shape {tuple(shape)}, but the model takes {want}: "
+                         f"one row per example (reshape a single example with x[None])")
+    if shape[0] == 0:
+        raise ValueError("the batch is empty (x has 0 rows): a step needs at least one example")
+    if np.dtype(x.dtype).kind != "f":
+        raise ValueError(f"x holds {x.dtype} numbers; convert it with x.astype(model.dtype) "
+                         f"({model.dtype})")
+    C = model.num_classes
+    if C is None:
+        return
+    if y is None or not hasattr(y, "dtype") or not hasattr(y, "shape"):
+        raise ValueError(f"y must be an integer array of {shape[0]} labels in 0..{C - 1}, "
+                         f"got {type(y).__name__}")
+    if np.dtype(y.dtype).kind not in "iu":
+        raise ValueError(f"y holds {y.dtype} values; labels are integers 0..{C - 1} (one per "
+                         f"row of x), e.g. y.astype(int) for whole-number floats, "
+                         f"y.argmax(axis=1) for one-hot rows")
+    if tuple(y.shape) != (shape[0],):
+        raise ValueError(f"y has shape {tuple(y.shape)}, but x has {shape[0]} rows: "
+                         f"give one integer label per example, shape ({shape[0]},)")
+    if isinstance(y, np.ndarray):
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= C:
+            raise ValueError(f"labels must lie in 0..{C - 1} (the model has {C} classes), "
+                             f"got values from {lo} to {hi}")
 
 
 @dataclass
@@ -43,6 +86,11 @@ class Rule:
 
     ``setup(model, seed)`` is called once before training: it draws any fixed or trainable
     matrices the rule owns (on the host, from ``seed``) for that model.
+
+    Every subclass's ``step`` checks its batch first (:func:`check_batch`: x's shape and
+    dtype, the labels' dtype, length and range), so a wrong batch gets a message, not an
+    IndexError from deep inside a rule, or a silently wrong step (a label −1 would index the
+    last class). The rule's own code does not call it: :meth:`__init_subclass__` wraps it.
     """
     name = "base"
     #: constructor options the CLI exposes as flags: name -> (type, default, help)
@@ -51,6 +99,21 @@ class Rule:
     PRESETS = _NamedPresets()
     #: the model kinds (``models.parse_spec``) the rule trains
     MODEL_KINDS: tuple = ("mlp", "cnn")
+
+    def __init_subclass__(cls, **kwargs):
+        """Wrap a ``step`` the subclass defines so that it runs :func:`check_batch` first (a
+        few µs: shapes, dtypes, and min/max of the labels on the host)."""
+        super().__init_subclass__(**kwargs)
+        step = cls.__dict__.get("step")
+        if step is None or getattr(step, "checks_batch", False):
+            return
+
+        @functools.wraps(step)
+        def checked_step(self, model, x, y=None, *args, **kwargs):
+            check_batch(model, x, y)
+            return step(self, model, x, y, *args, **kwargs)
+        checked_step.checks_batch = True
+        cls.step = checked_step
 
     @classmethod
     def defaults(cls, kind: str, data: str | None = None) -> dict:
