@@ -1,4 +1,4 @@
-"""Every rule's step refuses a batch it cannot train on with a message that says what is wrong
+"""Every rule's step (and evaluate) refuses a batch it cannot train on with a message that says what is wrong
 (ccledu.rules.base.check_batch, run by the wrapper Rule.__init_subclass__ puts around each
 subclass's step). Before, a label of -1 trained silently on the last class, a label of C ended
 in an IndexError, float labels were taken by some rules and refused by others, and an empty
@@ -44,8 +44,12 @@ def test_every_rule_refuses_a_bad_batch(rule, model):
     for what, x, y, msg in BAD:
         with pytest.raises(ValueError, match=msg):
             r.step(model, x, y)
+        with pytest.raises(ValueError, match=msg):        # evaluation reads labels too
+            r.evaluate(model, x, y)
     res = r.step(model, X.astype(np.float64), Y)       # a good batch still trains
     assert np.isfinite(float(res.loss)) and res.grads
+    loss, correct = r.evaluate(model, X.astype(np.float64), Y)
+    assert np.isfinite(float(loss)) and 0 <= int(correct) <= 4
 
 
 @pytest.mark.parametrize("rule", AE_RULES)

@@ -30,8 +30,8 @@ def check_batch(model, x, y) -> None:
     can be trained on: x an array (N, *model.input_shape) of floating-point numbers with N ≥ 1;
     for a classifier y an integer array (N,) of labels in 0..C−1 (C = ``model.num_classes``;
     the range is checked on host arrays only, so a GPU step never waits for it); for an
-    autoencoder (``num_classes`` None) y is not read. Every rule's :meth:`Rule.step` runs this
-    first (see :meth:`Rule.__init_subclass__`)."""
+    autoencoder (``num_classes`` None) y is not read. Every rule's :meth:`Rule.step` and
+    :meth:`Rule.evaluate` run this first (see :meth:`Rule.__init_subclass__`)."""
     shape = getattr(x, "shape", None)
     want = "(N, " + ", ".join(str(s) for s in model.input_shape) + ")"
     if shape is None or not hasattr(x, "dtype"):
@@ -65,6 +65,16 @@ def check_batch(model, x, y) -> None:
                              f"got values from {lo} to {hi}")
 
 
+def _checked(method):
+    """``method(self, model, x, y, ...)`` that runs :func:`check_batch` first."""
+    @functools.wraps(method)
+    def checked(self, model, x, y=None, *args, **kwargs):
+        check_batch(model, x, y)
+        return method(self, model, x, y, *args, **kwargs)
+    checked.checks_batch = True
+    return checked
+
+
 @dataclass
 class StepResult:
     """One step's output.
@@ -87,10 +97,11 @@ class Rule:
     ``setup(model, seed)`` is called once before training: it draws any fixed or trainable
     matrices the rule owns (on the host, from ``seed``) for that model.
 
-    Every subclass's ``step`` checks its batch first (:func:`check_batch`: x's shape and
-    dtype, the labels' dtype, length and range), so a wrong batch gets a message, not an
-    IndexError from deep inside a rule, or a silently wrong step (a label −1 would index the
-    last class). The rule's own code does not call it: :meth:`__init_subclass__` wraps it.
+    Every rule's ``step`` and ``evaluate`` check their batch first (:func:`check_batch`: x's
+    shape and dtype, the labels' dtype, length and range), so a wrong batch gets a message, not
+    an IndexError from deep inside a rule, or a silently wrong result (a label −1 would index
+    the last class). A subclass's own code does not call it: :meth:`__init_subclass__` wraps
+    the methods it defines.
     """
     name = "base"
     #: constructor options the CLI exposes as flags: name -> (type, default, help)
@@ -101,19 +112,13 @@ class Rule:
     MODEL_KINDS: tuple = ("mlp", "cnn")
 
     def __init_subclass__(cls, **kwargs):
-        """Wrap a ``step`` the subclass defines so that it runs :func:`check_batch` first (a
-        few µs: shapes, dtypes, and min/max of the labels on the host)."""
+        """Wrap the ``step`` and ``evaluate`` a subclass defines so that each runs
+        :func:`check_batch` first (a few µs: shapes, dtypes, min/max of host labels)."""
         super().__init_subclass__(**kwargs)
-        step = cls.__dict__.get("step")
-        if step is None or getattr(step, "checks_batch", False):
-            return
-
-        @functools.wraps(step)
-        def checked_step(self, model, x, y=None, *args, **kwargs):
-            check_batch(model, x, y)
-            return step(self, model, x, y, *args, **kwargs)
-        checked_step.checks_batch = True
-        cls.step = checked_step
+        for name in ("step", "evaluate"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "checks_batch", False):
+                setattr(cls, name, _checked(method))
 
     @classmethod
     def defaults(cls, kind: str, data: str | None = None) -> dict:
@@ -182,6 +187,7 @@ class Rule:
 
     def evaluate(self, model, x, y):
         """(sum of per-sample loss, number correct) on a batch; loss = cross-entropy of logits."""
+        check_batch(model, x, y)
         logits = self.class_scores(model, x)
         loss = cross_entropy(logits, y, grad=False)
         xp = get_array_module(logits)
