@@ -96,6 +96,11 @@ class ParamGroup:
         if not isinstance(self.params, dict):
             raise TypeError(f"parameter group {self.name!r}: params must be a dict "
                             f"{{name: array}}, got {type(self.params).__name__}")
+        for pname, p in self.params.items():
+            if not hasattr(p, "dtype") or np.dtype(p.dtype).kind != "f":
+                raise TypeError(f"parameter group {self.name!r}: parameter {pname!r} must be a "
+                                f"floating-point array (updated in place), got "
+                                f"{getattr(p, 'dtype', type(p).__name__)}")
         self.initial_lr = float(self.lr)
 
 
@@ -250,6 +255,9 @@ class Optimizer:
                 g = grads.get(pname)
                 if g is None:
                     continue
+                if not hasattr(g, "shape") or not hasattr(g, "dtype"):
+                    raise TypeError(f"gradient {pname!r} must be an array shaped like the "
+                                    f"parameter {tuple(p.shape)}, got {type(g).__name__}")
                 if tuple(g.shape) != tuple(p.shape):
                     raise ValueError(f"gradient {pname!r} has shape {tuple(g.shape)} but the "
                                      f"parameter has shape {tuple(p.shape)}")

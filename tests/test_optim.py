@@ -139,6 +139,9 @@ def test_missing_and_unknown_gradients():
         opt.step({"Z": np.ones(2)})
     with pytest.raises(ValueError, match="shape"):
         opt.step({"W": np.ones(3)})
+    with pytest.raises(TypeError, match=r"gradient 'W' must be an array shaped like the parameter \(2,\), got list"):
+        opt.step({"W": [1.0, 1.0]})
+    np.testing.assert_array_equal(p["W"], np.zeros(2))      # only the first step moved W
 
 
 def test_bad_groups_rejected():
@@ -147,6 +150,10 @@ def test_bad_groups_rejected():
         Optimizer([ParamGroup("a", p, lr=1.0), ParamGroup("b", p, lr=1.0)])
     with pytest.raises(ValueError, match="lr must be"):
         ParamGroup("a", p, lr=-1.0)
+    with pytest.raises(TypeError, match="parameter 'W' must be a floating-point array .* int64"):
+        ParamGroup("a", {"W": np.ones(2, dtype=np.int64)}, lr=1.0)
+    with pytest.raises(TypeError, match="parameter 'W' must be a floating-point array .* list"):
+        ParamGroup("a", {"W": [1.0]}, lr=1.0)
 
 
 def test_state_dict_round_trip():
