@@ -774,6 +774,9 @@ def one_hot(y, num_classes: int, dtype="float32", xp=None):
     """
     xp = get_array_module(y) if xp is None else xp
     y = xp.asarray(y).reshape(-1)
+    if np.dtype(y.dtype).kind not in "iu":
+        raise ValueError(f"labels must be integers 0..{num_classes - 1}, got {y.dtype} values "
+                         f"(e.g. y.astype(int) for whole-number floats)")
     if xp is np and len(y) and (y.min() < 0 or y.max() >= num_classes):
         raise ValueError(f"labels must lie in 0..{num_classes - 1}, got min {y.min()} "
                          f"max {y.max()}")

@@ -317,3 +317,5 @@ def test_one_hot():
     assert Y.dtype == np.float64
     with pytest.raises(ValueError, match="labels must lie"):
         D.one_hot(np.array([4]), 4)
+    with pytest.raises(ValueError, match="labels must be integers 0..3, got float64"):
+        D.one_hot(np.array([1.5, 2.0]), 4)       # used to give a row of zeros for 1.5
