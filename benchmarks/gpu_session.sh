@@ -5,7 +5,9 @@
 #   bash benchmarks/gpu_session.sh
 #
 # Such a machine reaches no package registry, so nothing is installed: ccledu runs from this
-# checkout (PYTHONPATH) with the image's NumPy, SciPy, CuPy, PyTorch, pytest and tqdm. Results go
+# checkout (PYTHONPATH) with the image's NumPy, SciPy, CuPy, PyTorch, pytest and tqdm (without
+# matplotlib the speed step writes its report without plots; checked in a virtual environment
+# holding only numpy, scipy, pytest and tqdm: 74 CuPy tests collected, one file skipped). Results go
 # to "$OUT" when that is set (the device tool brings that folder back: at most 8 files), else to
 # benchmarks/results/gpu/. Each step has its own time limit, and a failing step does not stop
 # the ones after it.
@@ -36,7 +38,10 @@ except Exception as e:  # noqa: BLE001
     print("torch unusable:", type(e).__name__, e)
 PY
   echo "== 1. CuPy tests"
-  timeout 240 "$py" -m pytest -m gpu -q -rs -p no:cacheprovider 2>&1 | tail -40 > "$out/pytest_gpu.log"
+  # --continue-on-collection-errors: a test file that needs a package the image lacks (the
+  # chapters' solutions import matplotlib) must not stop the CuPy tests of the other files
+  timeout 240 "$py" -m pytest -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors \
+    2>&1 | tail -40 > "$out/pytest_gpu.log"
   tail -3 "$out/pytest_gpu.log"
   echo "== 2. speed"
   timeout 240 "$py" benchmarks/speed.py --device cuda --configs mlp,cnn --reps 8 --no-scaling --out "$out"

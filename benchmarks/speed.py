@@ -572,6 +572,10 @@ def main(argv=None):
         report(results, stem.with_suffix(".md"), results.get("command", "python benchmarks/speed.py"))
         print(f"rewrote {stem}.md and plots from {src}")
         return 0
+    if args.device == "cuda":
+        from ccledu.backend import cupy_available
+        if not cupy_available():
+            p.error("--device cuda needs a working CuPy (cupy.is_available() is False here)")
     reps = 3 if args.quick else args.reps
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -614,9 +618,14 @@ def main(argv=None):
     kind = machine_kind(results["machine"]) if args.kind == "auto" else args.kind
     stem = out / (f"speed_{args.device}_{kind}" if kind else f"speed_{args.device}")
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    plot(results, stem)
+    try:
+        plot(results, stem)
+        plots = " and plots"
+    except ImportError as e:            # a lent GPU machine's image may lack matplotlib
+        plots = (f" (no plots: {e}; draw them elsewhere with python benchmarks/speed.py "
+                 f"--render {stem}.json)")
     report(results, stem.with_suffix(".md"), results["command"])
-    log(f"wrote {stem}.json, {stem}.md and plots")
+    log(f"wrote {stem}.json, {stem}.md{plots}")
     return results
 
 
