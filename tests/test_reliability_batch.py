@@ -18,7 +18,8 @@ Y = np.array([0, 1, 2, 3])
 
 BAD = [
     ("wrong width", np.zeros((4, 21), np.float32), Y, r"x has shape \(4, 21\), but the model takes \(N, 20\)"),
-    ("one example", np.zeros(20, np.float32), Y[:1], r"reshape a single example with x\[None\]"),
+    ("one example", np.zeros(20, np.float32), Y[:1], r"this is one example: x\[None\] makes it a batch of one"),
+    ("images", np.zeros((4, 1, 4, 5), np.float32), Y, r"x.reshape\(len\(x\), 20\) if each row holds one example's 20 numbers"),
     ("empty", np.zeros((0, 20), np.float32), Y[:0], "the batch is empty"),
     ("integer x", np.zeros((4, 20), np.int64), Y, r"x holds int64 numbers; convert it with x.astype"),
     ("list x", [[0.0] * 20] * 4, Y, "x must be an array"),

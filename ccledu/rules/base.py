@@ -38,8 +38,14 @@ def check_batch(model, x, y) -> None:
         raise ValueError(f"x must be an array {want}, got {type(x).__name__}; "
                          f"use numpy.asarray(x, dtype=model.dtype)")
     if tuple(shape[1:]) != tuple(model.input_shape) or len(shape) < 1:
-        raise ValueError(f"x has shape {tuple(shape)}, but the model takes {want}: "
-                         f"one row per example (reshape a single example with x[None])")
+        hint = ("; this is one example: x[None] makes it a batch of one"
+                if tuple(shape) == tuple(model.input_shape) else
+                f"; x.reshape(len(x), {', '.join(str(s) for s in model.input_shape)}) if each "
+                f"row holds one example's {int(np.prod(model.input_shape))} numbers"
+                if len(shape) >= 1 and int(np.prod(shape[1:])) == int(np.prod(model.input_shape))
+                else "")
+        raise ValueError(f"x has shape {tuple(shape)}, but the model takes {want}, one example "
+                         f"per row{hint}")
     if shape[0] == 0:
         raise ValueError("the batch is empty (x has 0 rows): a step needs at least one example")
     if np.dtype(x.dtype).kind != "f":
