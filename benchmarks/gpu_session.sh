@@ -7,7 +7,8 @@
 # Such a machine reaches no package registry, so nothing is installed: ccledu runs from this
 # checkout (PYTHONPATH) with the image's NumPy, SciPy, CuPy, PyTorch, pytest and tqdm (without
 # matplotlib the speed step writes its report without plots; checked in a virtual environment
-# holding only numpy, scipy, pytest and tqdm: 74 CuPy tests collected, one file skipped). Results go
+# holding only numpy, scipy, pytest and tqdm: 74 CuPy tests collected, the one test file that
+# needs matplotlib left out). Results go
 # to "$OUT" when that is set (the device tool brings that folder back: at most 8 files), else to
 # benchmarks/results/gpu/. Each step has its own time limit, and a failing step does not stop
 # the ones after it.

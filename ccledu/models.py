@@ -204,7 +204,8 @@ def mlp(sizes, activation: str = "elu", bias: bool = False, seed=0, dtype="float
     if len(sizes) < 2:
         raise ValueError("an MLP needs at least an input width and a number of classes")
     if min(sizes) < 1:
-        raise ValueError(f"MLP widths must be at least 1, got {sizes}")
+        raise ValueError(f"an MLP's widths must all be at least 1 (a layer of width 0 has no "
+                         f"units), got {'-'.join(str(v) for v in sizes)}")
     g = make_rng(seed)
     blocks = []
     for l in range(len(sizes) - 1):
@@ -247,9 +248,10 @@ def cnn(input_shape, channels, num_classes: int, activation: str = "elu", bias: 
     if min(shape) < 1 or any(int(c) < 1 for c in channels) or int(num_classes) < 1:
         raise ValueError(f"a CNN's input sizes, channels and number of classes must be at least "
                          f"1, got input {shape}, channels {tuple(channels)}, {num_classes} classes")
+    given = shape
     for i, ch in enumerate(channels):
         if pool > 1 and min(shape[1:]) < pool:
-            raise ValueError(f"a CNN with input {tuple(int(s) for s in input_shape)} and "
+            raise ValueError(f"a CNN with input {given} and "
                              f"{len(channels)} conv block(s): each block's {pool}x{pool} max-pool "
                              f"divides the image's height and width by {pool}, and block {i} would "
                              f"get {shape[1]}x{shape[2]}, "
@@ -350,14 +352,6 @@ def _ae_input(data, depth: int):
     return (C, H, W)
 
 
-def _positive(spec: str, what: str, values, sep: str = "-") -> None:
-    """Refuse a zero in a model specification's sizes (a layer of width 0 has no units)."""
-    if any(v < 1 for v in values):
-        raise ValueError(f"model specification {spec!r}: every entry of its {what} must be at "
-                         f"least 1, got {sep.join(str(v) for v in values)} (e.g. "
-                         f"'mlp:784-256-10', 'cnn:1x28x28-c8-c16-10')")
-
-
 def parse_spec(spec: str, data: str | None = None):
     """Turn a model specification into ``(kind, args)``; see the module docstring."""
     s = spec.strip().lower()
@@ -370,16 +364,11 @@ def parse_spec(spec: str, data: str | None = None):
         return PRESETS[s]
     m = _MLP_RE.match(s)
     if m:
-        widths = [int(v) for v in m.group(1).split("-")]
-        _positive(spec, "widths", widths)
-        return "mlp", widths
+        return "mlp", [int(v) for v in m.group(1).split("-")]
     m = _CNN_RE.match(s)
     if m:
         shape = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
         chans = [int(c) for c in re.findall(r"c(\d+)", m.group(4))]
-        _positive(spec, "input size CxHxW", shape, "x")
-        _positive(spec, "channels", chans)
-        _positive(spec, "number of classes", [int(m.group(5))])
         return "cnn", (shape, tuple(chans), int(m.group(5)))
     m = _AE_RE.match(s)
     if m:

@@ -51,21 +51,17 @@ def test_paper_presets():
         get_rule("hebb")
 
 
-@pytest.mark.parametrize("spec, what", [("mlp:784-0-10", "widths"), ("mlp:0-10", "widths"),
-                                        ("mlp:784-10-0", "widths"),
-                                        ("cnn:1x28x28-c0-10", "channels"),
-                                        ("cnn:0x28x28-c8-10", "input size"),
-                                        ("cnn:1x28x28-c8-0", "number of classes")])
-def test_zero_sizes_refused(spec, what):
-    """A zero width, channel count, input size or class count is refused with the spec named
+@pytest.mark.parametrize("spec, msg", [
+    ("mlp:784-0-10", "an MLP's widths must all be at least 1 .*got 784-0-10"),
+    ("mlp:0-10", "an MLP's widths must all be at least 1 .*got 0-10"),
+    ("cnn:1x28x28-c0-10", r"channels \(0,\)"),
+    ("cnn:0x28x28-c8-10", r"got input \(0, 28, 28\)"),
+    ("cnn:1x28x28-c8-0", "0 classes")])
+def test_zero_sizes_refused(spec, msg):
+    """A zero width, channel count, input size or class count is refused by the builders
     (it used to end in a ZeroDivisionError inside the weight initialisation)."""
-    with pytest.raises(ValueError, match=f"{spec!r}: every entry of its {what}"):
+    with pytest.raises(ValueError, match=msg):
         build_model(spec)
-    from ccledu.models import cnn, mlp
-    with pytest.raises(ValueError, match="must be at least 1"):
-        mlp([784, 0, 10])
-    with pytest.raises(ValueError, match="must be at least 1"):
-        cnn((1, 28, 28), (8,), 0)
 
 
 def test_too_many_conv_blocks_refused():

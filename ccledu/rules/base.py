@@ -37,7 +37,7 @@ def check_batch(model, x, y) -> None:
     if shape is None or not hasattr(x, "dtype"):
         raise ValueError(f"x must be an array {want}, got {type(x).__name__}; "
                          f"use numpy.asarray(x, dtype=model.dtype)")
-    if tuple(shape[1:]) != tuple(model.input_shape) or len(shape) < 1:
+    if tuple(shape[1:]) != tuple(model.input_shape):
         hint = ("; this is one example: x[None] makes it a batch of one"
                 if tuple(shape) == tuple(model.input_shape) else
                 f"; x.reshape(len(x), {', '.join(str(s) for s in model.input_shape)}) if each "
@@ -191,9 +191,9 @@ class Rule:
         """Scores (N, C) whose arg-max is the prediction (logits for most rules)."""
         return model.forward(x)
 
+    @_checked
     def evaluate(self, model, x, y):
         """(sum of per-sample loss, number correct) on a batch; loss = cross-entropy of logits."""
-        check_batch(model, x, y)
         logits = self.class_scores(model, x)
         loss = cross_entropy(logits, y, grad=False)
         xp = get_array_module(logits)
